@@ -1,0 +1,38 @@
+import type { ConnectError, ContextValues } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { Peer } from "../peer.js";
+
+/** What a picker may look at to choose a peer for one call. */
+export interface PickRequest {
+  readonly method: DescMethod;
+  readonly header: Headers;
+  readonly contextValues: ContextValues;
+}
+
+/** How a call ended, as told to the policy that picked its peer. */
+export interface CallResult {
+  /** Undefined when the call succeeded. */
+  readonly error?: ConnectError;
+}
+
+/** Called once when a picked call ends, with how long it took in ms. */
+export type DoneFunc = (result: CallResult, latencyMs: number) => void;
+
+export interface Pick {
+  readonly peer: Peer;
+  readonly done?: DoneFunc;
+}
+
+/** Chooses a peer for one call. Pure and fast: it runs on every call. */
+export type Picker = (request: PickRequest) => Pick;
+
+/**
+ * A load-balancing policy. `build` runs once each time the set of peers
+ * changes (never per call) and returns the picker for that set; a policy that
+ * learns keeps its statistics across builds, keyed by peer address.
+ * `peers` is never empty.
+ */
+export interface Balancer {
+  readonly name: string;
+  build(peers: readonly Peer[]): Picker;
+}

@@ -1,0 +1,186 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Discovery, Snapshot } from "../discovery/discovery.js";
+import type { BalancerEvent, EventListener } from "../events.js";
+
+/** A transport's handle on the process-wide snapshot of one service. */
+export interface SnapshotCache {
+  /**
+   * The snapshot to serve now, or undefined before the first read succeeded.
+   * When it is older than the TTL, one background refresh starts and the
+   * stale snapshot keeps serving meanwhile.
+   */
+  peek(): Snapshot | undefined;
+  /** Waits for the first snapshot, within the call's signal and timeout. */
+  load(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot>;
+  /** Stops this handle's events; the last release cancels an in-flight read. */
+  release(): void;
+}
+
+/** After a failed refresh, the stale snapshot serves for at most this long before etcd is asked again. */
+const retryAfterFailureMs = 1_000;
+
+/** One per (discovery key, service) in the whole process: warm serverless invocations reuse it. */
+const shared = new Map<string, SharedSnapshot>();
+
+export function acquireSnapshotCache(discovery: Discovery, service: string, listener: EventListener): SnapshotCache {
+  const key = `${discovery.key}\n${service}`;
+  let entry = shared.get(key);
+  if (entry === undefined) {
+    entry = new SharedSnapshot(discovery, service);
+    shared.set(key, entry);
+  }
+  const cache = entry;
+  cache.listeners.add(listener);
+  let released = false;
+  return {
+    peek: () => cache.peek(),
+    load(signal, timeoutMs) {
+      const snapshot = cache.peek();
+      return snapshot !== undefined ? Promise.resolve(snapshot) : withinCall(cache.refresh(), service, signal, timeoutMs);
+    },
+    release() {
+      if (!released) {
+        released = true;
+        cache.release(listener);
+      }
+    },
+  };
+}
+
+class SharedSnapshot {
+  readonly listeners = new Set<EventListener>();
+  private snapshot: Snapshot | undefined;
+  /** The highest revision read so far, even when its content equalled the served snapshot. */
+  private revision = Number.NEGATIVE_INFINITY;
+  private freshUntil = 0;
+  private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
+
+  constructor(
+    private readonly discovery: Discovery,
+    private readonly service: string,
+  ) {}
+
+  peek(): Snapshot | undefined {
+    if (this.snapshot !== undefined && this.inflight === undefined && Date.now() >= this.freshUntil) {
+      this.refresh().catch(() => {}); // reported as a discovery_failed event
+    }
+    return this.snapshot;
+  }
+
+  refresh(): Promise<Snapshot> {
+    if (this.inflight !== undefined) {
+      return this.inflight.promise;
+    }
+    const controller = new AbortController();
+    const promise = this.discovery
+      .load(this.service, controller.signal)
+      .then(
+        (next) => this.accept(next),
+        (error: unknown) => {
+          throw this.fail(error);
+        },
+      )
+      .finally(() => {
+        if (this.inflight?.promise === promise) {
+          this.inflight = undefined;
+        }
+      });
+    this.inflight = { promise, controller };
+    return promise;
+  }
+
+  release(listener: EventListener): void {
+    this.listeners.delete(listener);
+    if (this.listeners.size === 0) {
+      // Nobody waits for the read any more: don't let it hold the process open.
+      this.inflight?.controller.abort(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
+    }
+  }
+
+  private accept(next: Snapshot): Snapshot {
+    if (this.snapshot !== undefined && next.revision < this.revision) {
+      return this.snapshot; // an older read that lost a race never replaces a newer one
+    }
+    this.revision = next.revision;
+    this.freshUntil = Date.now() + this.discovery.ttlMs;
+    if (this.snapshot !== undefined && sameContent(this.snapshot, next)) {
+      return this.snapshot; // same instances: keep the object so balancers keep their state
+    }
+    this.snapshot = next;
+    this.emit({ type: "snapshot", service: this.service, revision: next.revision, instances: next.instances.length });
+    for (const { key, reason } of next.skipped) {
+      this.emit({ type: "entry_skipped", service: this.service, key, reason });
+    }
+    return next;
+  }
+
+  private fail(cause: unknown): ConnectError {
+    const reason = ConnectError.from(cause, Code.Unavailable);
+    const error = new ConnectError(
+      `cannot read service "${this.service}" from ${this.discovery.describe(this.service)}: ${reason.rawMessage}`,
+      reason.code,
+      undefined,
+      undefined,
+      cause,
+    );
+    const serving = this.snapshot !== undefined;
+    if (serving) {
+      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterFailureMs);
+    }
+    this.emit({ type: "discovery_failed", service: this.service, error, serving });
+    return error;
+  }
+
+  private emit(event: BalancerEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch {
+        // a broken listener must not break discovery for the others
+      }
+    }
+  }
+}
+
+function sameContent(a: Snapshot, b: Snapshot): boolean {
+  return JSON.stringify([a.instances, a.skipped]) === JSON.stringify([b.instances, b.skipped]);
+}
+
+/** Bounds a shared read by one call's signal and timeout; the read itself goes on for the others. */
+function withinCall<T>(
+  promise: Promise<T>,
+  service: string,
+  signal: AbortSignal | undefined,
+  timeoutMs: number | undefined,
+): Promise<T> {
+  if (signal === undefined && timeoutMs === undefined) {
+    return promise;
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => finish(() => reject(ConnectError.from(signal?.reason, Code.Canceled)));
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(
+            () =>
+              finish(() =>
+                reject(new ConnectError(`reading the instances of "${service}" took longer than the call's ${timeoutMs} ms timeout`, Code.DeadlineExceeded)),
+              ),
+            timeoutMs,
+          );
+    function finish(settle: () => void) {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      settle();
+    }
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    signal?.addEventListener("abort", onAbort);
+    promise.then(
+      (value) => finish(() => resolve(value)),
+      (error: unknown) => finish(() => reject(error)),
+    );
+  });
+}

@@ -1,0 +1,27 @@
+import type { Instance, SkippedEntry } from "../registry/instance.js";
+
+/** What a discovery read of one service found. */
+export interface Snapshot {
+  readonly service: string;
+  /** The etcd revision the read saw; a snapshot never replaces one with a higher revision. */
+  readonly revision: number;
+  readonly instances: readonly Instance[];
+  /** Entries under the service's prefix that could not be used. */
+  readonly skipped: readonly SkippedEntry[];
+}
+
+/**
+ * A source of service snapshots. Snapshots are cached per (key, service) for
+ * the whole process, so every transport reading the same registry the same
+ * way shares one cache and one in-flight read.
+ */
+export interface Discovery {
+  /** Identifies the registry and the way it is read; never contains secrets. */
+  readonly key: string;
+  /** How long a snapshot is fresh: within it no read is made. */
+  readonly ttlMs: number;
+  /** Where the instances are looked up, for error messages; never contains secrets. */
+  describe(service: string): string;
+  /** Reads the current instances of a service. Rejects with a ConnectError. */
+  load(service: string, signal: AbortSignal): Promise<Snapshot>;
+}

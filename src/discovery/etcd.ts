@@ -1,0 +1,59 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
+import { decodeSnapshot } from "./decode.js";
+import type { Discovery } from "./discovery.js";
+import { createEtcdGateway, type EtcdAuth } from "./etcd-gateway.js";
+
+export interface EtcdDiscoveryOptions {
+  /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]; tried in turn when one fails. */
+  readonly endpoints: readonly string[];
+  /** Key namespace; "/microservices" for kratos (its default), "" for etcd-naming. */
+  readonly namespace?: string;
+  /** Registry layout: "kratos" (default), "etcd-naming", or a decoder function. */
+  readonly format?: RegistryFormat;
+  /** How long a snapshot is fresh, in ms (default 10,000). */
+  readonly ttlMs?: number;
+  /** etcd user and password; a token is requested and renewed as needed. */
+  readonly auth?: EtcdAuth;
+  /** The fetch to use, e.g. one with a client certificate; defaults to globalThis.fetch. */
+  readonly fetch?: typeof globalThis.fetch;
+  /** Limit for one etcd request, in ms (default 5,000). */
+  readonly requestTimeoutMs?: number;
+}
+
+const defaultTtlMs = 10_000;
+const defaultRequestTimeoutMs = 5_000;
+
+/**
+ * Discovers instances through etcd's v3 JSON gateway (on by default on the
+ * client port of etcd ≥ 3.4) with fetch, so it runs on Node, serverless and
+ * edge runtimes alike.
+ */
+export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
+  const layout = resolveFormat(options.format);
+  const namespace = options.namespace ?? layout.defaultNamespace;
+  const ttlMs = checkDuration("ttlMs", options.ttlMs ?? defaultTtlMs);
+  const gateway = createEtcdGateway({
+    endpoints: options.endpoints,
+    auth: options.auth,
+    fetch: options.fetch,
+    requestTimeoutMs: checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs),
+  });
+  const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
+  return {
+    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, options.auth?.username ?? "", ttlMs]),
+    ttlMs,
+    describe: () => where,
+    async load(service, signal) {
+      const { revision, kvs } = await gateway.rangePrefix(servicePrefix(namespace, service), signal);
+      return decodeSnapshot(layout, service, revision, kvs);
+    },
+  };
+}
+
+function checkDuration(name: string, ms: number): number {
+  if (!(ms >= 0) || !Number.isFinite(ms)) {
+    throw new ConnectError(`etcdDiscovery option ${name} must be a finite number of ms ≥ 0, got ${ms}`, Code.InvalidArgument);
+  }
+  return ms;
+}

@@ -1,0 +1,33 @@
+import type { ConnectError } from "@connectrpc/connect";
+
+/** What the library reports about a service; pass `onEvent` to route it to your logs or metrics. */
+export type BalancerEvent =
+  /** A new set of instances was read and is now served. */
+  | { readonly type: "snapshot"; readonly service: string; readonly revision: number; readonly instances: number }
+  /** A registry entry was malformed and skipped; the other entries are still served. */
+  | { readonly type: "entry_skipped"; readonly service: string; readonly key: string; readonly reason: string }
+  /** Reading the registry failed; `serving` says whether an older snapshot keeps serving calls. */
+  | { readonly type: "discovery_failed"; readonly service: string; readonly error: ConnectError; readonly serving: boolean }
+  /** A per-peer transport's close() failed when its peer left or the balancer closed. */
+  | { readonly type: "peer_close_failed"; readonly service: string; readonly address: string; readonly error: unknown };
+
+export type EventListener = (event: BalancerEvent) => void;
+
+/** Without an `onEvent` option, problems go to the console and routine events nowhere. */
+export const logProblems: EventListener = (event) => {
+  switch (event.type) {
+    case "entry_skipped":
+      console.warn(`connect-etcd-balancer: skipped registry entry ${event.key} of "${event.service}": ${event.reason}`);
+      break;
+    case "discovery_failed":
+      console.warn(
+        `connect-etcd-balancer: ${event.error.message}${event.serving ? " (still serving the last snapshot)" : ""}`,
+      );
+      break;
+    case "peer_close_failed":
+      console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
+      break;
+    case "snapshot":
+      break;
+  }
+};

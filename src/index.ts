@@ -1,0 +1,27 @@
+// The universal entry: no node: module anywhere below it, so it runs on Node,
+// Lambda, Next.js (Node and Edge), Cloudflare Workers, Deno and Bun.
+export { createBalancedTransport } from "./transport/balanced-transport.js";
+export type {
+  BalancedTransport,
+  BalancedTransportOptions,
+  PeerUnaryResponse,
+  PeerStreamResponse,
+} from "./transport/balanced-transport.js";
+export type { PeerTransportFactory } from "./transport/peer-transports.js";
+export { createPeerClient } from "./peer-client.js";
+export type { PeerClient, PeerResult, PeerStream } from "./peer-client.js";
+export { peerKey } from "./peer.js";
+export type { Peer } from "./peer.js";
+export { etcdDiscovery } from "./discovery/etcd.js";
+export type { EtcdDiscoveryOptions } from "./discovery/etcd.js";
+export type { EtcdAuth } from "./discovery/etcd-gateway.js";
+export { staticDiscovery } from "./discovery/static.js";
+export type { Discovery, Snapshot } from "./discovery/discovery.js";
+export type { Instance, InstanceInit, SkippedEntry } from "./registry/instance.js";
+export type { Endpoint, EndpointScheme } from "./registry/endpoint.js";
+export type { RegistryFormat, RegistryDecoder } from "./registry/format.js";
+export { roundRobin } from "./balancer/round-robin.js";
+export { random } from "./balancer/random.js";
+export type { BalancerName } from "./balancer/index.js";
+export type { Balancer, Picker, Pick, PickRequest, DoneFunc, CallResult } from "./balancer/balancer.js";
+export type { BalancerEvent, EventListener } from "./events.js";

@@ -1,0 +1,70 @@
+/** Endpoint schemes a peer can be dialled with. */
+export type EndpointScheme = "grpc" | "grpcs" | "http" | "https";
+
+const secureScheme = { grpc: "grpcs", http: "https" } as const;
+const defaultPorts: Partial<Record<EndpointScheme, number>> = { http: 80, https: 443 };
+
+/** One registered endpoint of an instance, parsed and validated. */
+export interface Endpoint {
+  readonly scheme: EndpointScheme;
+  /** Host without brackets. */
+  readonly host: string;
+  readonly port: number;
+  /** "host:port", IPv6 hosts in brackets. */
+  readonly address: string;
+  /** "http://address" for grpc/http, "https://address" for grpcs/https. */
+  readonly url: string;
+}
+
+/**
+ * Parses a registered endpoint such as "grpc://10.0.0.7:9000",
+ * "https://[::1]:8443" or kratos' legacy "grpc://10.0.0.7:9000?isSecure=true".
+ * Returns the reason as a string when the endpoint cannot be dialled.
+ */
+export function parseEndpoint(raw: string): Endpoint | string {
+  const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(raw);
+  if (!match) {
+    return `endpoint "${raw}" is not a URL like grpc://host:port`;
+  }
+  const scheme = match[1]!.toLowerCase();
+  if (!isScheme(scheme)) {
+    return `endpoint "${raw}" has unsupported scheme "${scheme}"`;
+  }
+  const hostPort = splitHostPort(match[2]!);
+  if (typeof hostPort === "string") {
+    return `endpoint "${raw}": ${hostPort}`;
+  }
+  const { host, portText } = hostPort;
+  const secure = /[?&]isSecure=true(&|#|$)/.test(match[3] ?? "");
+  const finalScheme: EndpointScheme = secure && (scheme === "grpc" || scheme === "http") ? secureScheme[scheme] : scheme;
+  const port = portText === "" ? defaultPorts[scheme] : Number(portText);
+  if (port === undefined) {
+    return `endpoint "${raw}" has no port`;
+  }
+  if (!/^\d*$/.test(portText) || !Number.isInteger(port) || port < 1 || port > 65535) {
+    return `endpoint "${raw}" has bad port "${portText}"`;
+  }
+  const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  const url = `${finalScheme === "grpcs" || finalScheme === "https" ? "https" : "http"}://${address}`;
+  return { scheme: finalScheme, host, port, address, url };
+}
+
+function isScheme(scheme: string): scheme is EndpointScheme {
+  return scheme === "grpc" || scheme === "grpcs" || scheme === "http" || scheme === "https";
+}
+
+function splitHostPort(authority: string): { host: string; portText: string } | string {
+  if (authority.includes("@")) {
+    return "credentials are not allowed in an endpoint";
+  }
+  const bracketed = /^\[([0-9a-fA-F:.]+(?:%[\w.~-]+)?)\](?::(.*))?$/.exec(authority);
+  if (bracketed) {
+    return { host: bracketed[1]!, portText: bracketed[2] ?? "" };
+  }
+  const colon = authority.lastIndexOf(":");
+  const host = colon < 0 ? authority : authority.slice(0, colon);
+  if (host === "" || host.includes(":") || !/^[\w.-]+$/.test(host)) {
+    return host.includes(":") ? "IPv6 hosts must be in brackets" : `bad host "${host}"`;
+  }
+  return { host, portText: colon < 0 ? "" : authority.slice(colon + 1) };
+}

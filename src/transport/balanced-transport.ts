@@ -1,0 +1,281 @@
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  type ContextValues,
+  type Interceptor,
+  type StreamRequest,
+  type StreamResponse,
+  type Transport,
+  type UnaryRequest,
+  type UnaryResponse,
+} from "@connectrpc/connect";
+import {
+  create,
+  type DescMessage,
+  type DescMethod,
+  type DescMethodStreaming,
+  type DescMethodUnary,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import { resolveBalancer, type BalancerName } from "../balancer/index.js";
+import type { Balancer, CallResult, Pick } from "../balancer/balancer.js";
+import { acquireSnapshotCache, type SnapshotCache } from "../cache/snapshot-cache.js";
+import type { Discovery } from "../discovery/discovery.js";
+import { logProblems, type EventListener } from "../events.js";
+import { peerKey, type Peer } from "../peer.js";
+import type { EndpointScheme } from "../registry/endpoint.js";
+import { buildPeerSet, type PeerSet } from "./peer-set.js";
+import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
+
+export interface BalancedTransportOptions {
+  /** The registered service name, e.g. "user-service" or kratos-style "discovery:///user-service". */
+  readonly service: string;
+  /** Where instances come from: etcdDiscovery(…) or staticDiscovery(…). */
+  readonly discovery: Discovery;
+  /**
+   * Builds the transport for one peer, e.g. `(peer) => createGrpcTransport({ baseUrl: peer.url })`.
+   * Called once per peer; closed (when it has close() or [Symbol.asyncDispose]())
+   * after the peer leaves the registry and on close().
+   */
+  readonly transport: PeerTransportFactory;
+  /** "round_robin" (default), "random", or a Balancer object. */
+  readonly balancer?: BalancerName | Balancer;
+  /** Registered endpoint schemes this transport can dial, in order of preference within an instance (default grpc, grpcs). */
+  readonly schemes?: readonly EndpointScheme[];
+  /** Run once per call after the pick, around the peer's transport; `req.contextValues.get(peerKey)` is set. */
+  readonly interceptors?: readonly Interceptor[];
+  /** Receives snapshots, skipped registry entries and discovery failures; problems go to console.warn without it. */
+  readonly onEvent?: EventListener;
+}
+
+export type PeerUnaryResponse<I extends DescMessage = DescMessage, O extends DescMessage = DescMessage> = UnaryResponse<I, O> & {
+  readonly peer: Peer;
+};
+export type PeerStreamResponse<I extends DescMessage = DescMessage, O extends DescMessage = DescMessage> = StreamResponse<I, O> & {
+  readonly peer: Peer;
+};
+
+/** A Connect Transport that spreads calls over a service's discovered instances and says which one served each. */
+export interface BalancedTransport extends Transport {
+  /** The service name calls are balanced over. */
+  readonly service: string;
+  unary<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodUnary<I, O>,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: HeadersInit | undefined,
+    input: MessageInitShape<I>,
+    contextValues?: ContextValues,
+  ): Promise<PeerUnaryResponse<I, O>>;
+  stream<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodStreaming<I, O>,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: HeadersInit | undefined,
+    input: AsyncIterable<MessageInitShape<I>>,
+    contextValues?: ContextValues,
+  ): Promise<PeerStreamResponse<I, O>>;
+  /** The peers calls are spread over now; reads the registry first if it was not read yet. */
+  peers(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<readonly Peer[]>;
+  /** Releases the per-peer transports and the registry cache handle; the process can exit after it. */
+  close(): Promise<void>;
+}
+
+const succeeded: CallResult = Object.freeze({});
+
+export function createBalancedTransport(options: BalancedTransportOptions): BalancedTransport {
+  const service = parseServiceName(options.service);
+  const schemes = options.schemes ?? ["grpc", "grpcs"];
+  if (schemes.length === 0) {
+    throw new ConnectError("createBalancedTransport: schemes must name at least one endpoint scheme", Code.InvalidArgument);
+  }
+  const balancer = resolveBalancer(options.balancer);
+  const interceptors = options.interceptors ?? [];
+  const onEvent = options.onEvent ?? logProblems;
+  const { discovery } = options;
+  const where = discovery.describe(service);
+  const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
+  const pool = new PeerTransports(options.transport, (address, error) =>
+    onEvent({ type: "peer_close_failed", service, address, error }),
+  );
+  let peerSet: PeerSet | undefined;
+  let closed = false;
+
+  async function currentPeerSet(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<PeerSet> {
+    assertOpen();
+    const snapshot = cache.peek() ?? (await cache.load(signal, timeoutMs));
+    assertOpen();
+    if (peerSet?.snapshot !== snapshot) {
+      peerSet = buildPeerSet(snapshot, schemes, balancer, where);
+      pool.retain(peerSet.peers);
+    }
+    return peerSet;
+  }
+
+  function assertOpen() {
+    if (closed) {
+      throw new ConnectError(`the balanced transport of "${service}" is closed`, Code.FailedPrecondition);
+    }
+  }
+
+  /** Picks a peer for one call, records it in the context values, and takes its transport. */
+  async function pickPeer(
+    method: DescMethod,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: Headers,
+    contextValues: ContextValues,
+  ): Promise<{ pick: Pick; entry: PeerTransport; started: number }> {
+    const set = await currentPeerSet(signal, timeoutMs);
+    if (!("pick" in set)) {
+      throw new ConnectError(set.unavailable, Code.Unavailable);
+    }
+    const pick = set.pick({ method, header, contextValues });
+    contextValues.set(peerKey, pick.peer);
+    return { pick, entry: pool.acquire(pick.peer), started: performance.now() };
+  }
+
+  /** Ends a call once: tells the policy, frees the peer's transport, and names the peer in an error. */
+  function finish({ pick, entry, started }: { pick: Pick; entry: PeerTransport; started: number }, error?: unknown) {
+    const failure = error === undefined ? undefined : ConnectError.from(error);
+    pool.release(entry);
+    pick.done?.(failure === undefined ? succeeded : { error: failure }, performance.now() - started);
+    return failure === undefined ? undefined : attributeToPeer(failure, pick.peer, service);
+  }
+
+  function intercept<T>(next: T): T {
+    return interceptors.reduceRight<unknown>((inner, interceptor) => interceptor(inner as never), next) as T;
+  }
+
+  return {
+    service,
+
+    async unary<I extends DescMessage, O extends DescMessage>(
+      method: DescMethodUnary<I, O>,
+      signal: AbortSignal | undefined,
+      timeoutMs: number | undefined,
+      header: HeadersInit | undefined,
+      input: MessageInitShape<I>,
+      contextValues?: ContextValues,
+    ): Promise<PeerUnaryResponse<I, O>> {
+      const values = contextValues ?? createContextValues();
+      const headers = new Headers(header);
+      const call = await pickPeer(method, signal, timeoutMs, headers, values);
+      const { transport } = call.entry;
+      const { peer } = call.pick;
+      const request: UnaryRequest<I, O> = {
+        stream: false,
+        service: method.parent,
+        method,
+        requestMethod: "POST",
+        url: `${peer.url}/${method.parent.typeName}/${method.name}`,
+        signal: signal ?? new AbortController().signal,
+        header: headers,
+        contextValues: values,
+        message: create(method.input, input as MessageInitShape<I>) as MessageShape<I>,
+      };
+      let response: UnaryResponse<I, O>;
+      try {
+        response = await intercept((req: UnaryRequest<I, O>) =>
+          transport.unary(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
+        )(request);
+      } catch (error) {
+        throw finish(call, error);
+      }
+      finish(call);
+      return { ...response, peer };
+    },
+
+    async stream<I extends DescMessage, O extends DescMessage>(
+      method: DescMethodStreaming<I, O>,
+      signal: AbortSignal | undefined,
+      timeoutMs: number | undefined,
+      header: HeadersInit | undefined,
+      input: AsyncIterable<MessageInitShape<I>>,
+      contextValues?: ContextValues,
+    ): Promise<PeerStreamResponse<I, O>> {
+      const values = contextValues ?? createContextValues();
+      const headers = new Headers(header);
+      const call = await pickPeer(method, signal, timeoutMs, headers, values);
+      const { transport } = call.entry;
+      const { peer } = call.pick;
+      const request: StreamRequest<I, O> = {
+        stream: true,
+        service: method.parent,
+        method,
+        requestMethod: "POST",
+        url: `${peer.url}/${method.parent.typeName}/${method.name}`,
+        signal: signal ?? new AbortController().signal,
+        header: headers,
+        contextValues: values,
+        message: input as AsyncIterable<MessageShape<I>>,
+      };
+      let response: StreamResponse<I, O>;
+      try {
+        response = await intercept((req: StreamRequest<I, O>) =>
+          transport.stream(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
+        )(request);
+      } catch (error) {
+        throw finish(call, error);
+      }
+      let ended = false;
+      const end = (error?: unknown) => {
+        if (!ended) {
+          ended = true;
+          return finish(call, error);
+        }
+        return undefined;
+      };
+      return { ...response, peer, message: trackStream(response.message, end) };
+    },
+
+    async peers(options) {
+      return (await currentPeerSet(options?.signal, options?.timeoutMs)).peers;
+    },
+
+    async close() {
+      if (!closed) {
+        closed = true;
+        cache.release();
+        await pool.closeAll();
+      }
+    },
+  };
+}
+
+/** Ends the call when the response stream ends, fails, or the caller stops reading it. */
+async function* trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => ConnectError | undefined): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (error) {
+    throw end(error) ?? error;
+  } finally {
+    end();
+  }
+}
+
+/** The same error, its message naming the peer that was tried. */
+function attributeToPeer(error: ConnectError, peer: Peer, service: string): ConnectError {
+  const attributed = new ConnectError(
+    `${error.rawMessage} (peer ${peer.address} of "${service}")`,
+    error.code,
+    error.metadata,
+    undefined,
+    error,
+  );
+  attributed.details = error.details;
+  return attributed;
+}
+
+function parseServiceName(target: string): string {
+  const name = target.startsWith("discovery:") ? /^discovery:\/\/[^/]*\/(.*)$/.exec(target)?.[1] : target;
+  if (name === undefined || name === "" || /\s/.test(name) || name.endsWith("/")) {
+    throw new ConnectError(
+      `createBalancedTransport: bad service ${JSON.stringify(target)}: use a name like "user-service" or "discovery:///user-service"`,
+      Code.InvalidArgument,
+    );
+  }
+  return name;
+}
