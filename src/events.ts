@@ -13,16 +13,17 @@ export type BalancerEvent =
 
 export type EventListener = (event: BalancerEvent) => void;
 
-/** Without an `onEvent` option, problems go to the console and routine events nowhere. */
+/** Without an `onEvent` option, problems no caller sees go to the console; routine events go nowhere. */
 export const logProblems: EventListener = (event) => {
   switch (event.type) {
     case "entry_skipped":
       console.warn(`connect-etcd-balancer: skipped registry entry ${event.key} of "${event.service}": ${event.reason}`);
       break;
     case "discovery_failed":
-      console.warn(
-        `connect-etcd-balancer: ${event.error.message}${event.serving ? " (still serving the last snapshot)" : ""}`,
-      );
+      // Without a snapshot the failing call carries the error itself.
+      if (event.serving) {
+        console.warn(`connect-etcd-balancer: ${event.error.message} (still serving the last snapshot)`);
+      }
       break;
     case "peer_close_failed":
       console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);

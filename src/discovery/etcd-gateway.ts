@@ -46,6 +46,7 @@ class EtcdAnswerError extends Error {
 
 const grpcUnauthenticated = 16;
 const grpcFailedPrecondition = 9;
+const grpcPermissionDenied = 7;
 
 export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
   if (options.endpoints.length === 0) {
@@ -115,6 +116,13 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     try {
       answer = await post<Answer>(endpoint, "/v3/kv/range", body, signal, await token(endpoint, signal));
     } catch (error) {
+      if (error instanceof EtcdAnswerError && auth === undefined && error.message.includes("user name is empty")) {
+        throw new ConnectError(`etcd ${endpoint} requires authentication: pass the auth option`, Code.Unauthenticated);
+      }
+      if (error instanceof EtcdAnswerError && error.grpcCode === grpcPermissionDenied) {
+        const user = auth === undefined ? "an anonymous client" : `user "${auth.username}"`;
+        throw new ConnectError(`etcd ${endpoint} does not let ${user} read "${prefix}"`, Code.PermissionDenied);
+      }
       if (!(error instanceof EtcdAnswerError && error.grpcCode === grpcUnauthenticated && auth !== undefined)) {
         throw error;
       }
@@ -141,14 +149,15 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
           preferred = index;
           return result;
         } catch (error) {
-          if (signal.aborted || (error instanceof ConnectError && error.code === Code.Unauthenticated)) {
+          const refused = error instanceof ConnectError && (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied);
+          if (signal.aborted || refused) {
             throw error;
           }
           lastError = error;
           failures.push(`${endpoint}: ${describeError(error)}`);
         }
       }
-      throw new ConnectError(`etcd unreachable (${failures.join("; ")})`, Code.Unavailable, undefined, undefined, lastError);
+      throw new ConnectError(`every etcd endpoint failed (${failures.join("; ")})`, Code.Unavailable, undefined, undefined, lastError);
     },
   };
 }

@@ -41,7 +41,7 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
   });
   const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
   return {
-    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, options.auth?.username ?? "", ttlMs]),
+    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, credentialsId(options.auth), ttlMs]),
     ttlMs,
     describe: () => where,
     async load(service, signal) {
@@ -49,6 +49,26 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
       return decodeSnapshot(layout, service, revision, kvs);
     },
   };
+}
+
+const credentials = new Map<string, string>();
+
+/**
+ * Names a user and password without revealing the password, so only
+ * discoveries with the same credentials share a snapshot: a wrong password
+ * must fail even while a right one has filled the cache.
+ */
+function credentialsId(auth: EtcdAuth | undefined): string {
+  if (auth === undefined) {
+    return "";
+  }
+  const secret = `${auth.username}\u0000${auth.password}`;
+  let id = credentials.get(secret);
+  if (id === undefined) {
+    id = `${auth.username}#${credentials.size + 1}`;
+    credentials.set(secret, id);
+  }
+  return id;
 }
 
 function checkDuration(name: string, ms: number): number {

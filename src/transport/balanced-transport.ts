@@ -77,7 +77,7 @@ export interface BalancedTransport extends Transport {
     input: AsyncIterable<MessageInitShape<I>>,
     contextValues?: ContextValues,
   ): Promise<PeerStreamResponse<I, O>>;
-  /** The peers calls are spread over now; reads the registry first if it was not read yet. */
+  /** The peers calls are spread over now; reads the registry first if it was not read yet, and rejects like a call when there are none. */
   peers(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<readonly Peer[]>;
   /** Releases the per-peer transports and the registry cache handle; the process can exit after it. */
   close(): Promise<void>;
@@ -103,13 +103,17 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   let peerSet: PeerSet | undefined;
   let closed = false;
 
-  async function currentPeerSet(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<PeerSet> {
+  /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
+  async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
     assertOpen();
     const snapshot = cache.peek() ?? (await cache.load(signal, timeoutMs));
     assertOpen();
     if (peerSet?.snapshot !== snapshot) {
       peerSet = buildPeerSet(snapshot, schemes, balancer, where);
       pool.retain(peerSet.peers);
+    }
+    if (!("pick" in peerSet)) {
+      throw new ConnectError(peerSet.unavailable, Code.Unavailable);
     }
     return peerSet;
   }
@@ -128,11 +132,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     header: Headers,
     contextValues: ContextValues,
   ): Promise<{ pick: Pick; entry: PeerTransport; started: number }> {
-    const set = await currentPeerSet(signal, timeoutMs);
-    if (!("pick" in set)) {
-      throw new ConnectError(set.unavailable, Code.Unavailable);
-    }
-    const pick = set.pick({ method, header, contextValues });
+    const pick = (await usablePeers(signal, timeoutMs)).pick({ method, header, contextValues });
     contextValues.set(peerKey, pick.peer);
     return { pick, entry: pool.acquire(pick.peer), started: performance.now() };
   }
@@ -232,7 +232,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     },
 
     async peers(options) {
-      return (await currentPeerSet(options?.signal, options?.timeoutMs)).peers;
+      return (await usablePeers(options?.signal, options?.timeoutMs)).peers;
     },
 
     async close() {

@@ -1,0 +1,335 @@
+// Discovery and the snapshot cache against a real etcd: what is read, when,
+// how often, and what happens when etcd or its entries go wrong.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { UserService } from "../gen/demo/user/v1/user_pb.js";
+import {
+  createBalancedTransport,
+  createPeerClient,
+  etcdDiscovery,
+  type BalancedTransport,
+  type Discovery,
+  type EtcdDiscoveryOptions,
+  type Snapshot,
+} from "../src/index.js";
+import { startEtcd, freePort, type EtcdServer } from "../support/etcd.js";
+import { etcdRequest, putKey, registerKratos, type Registration } from "../support/registry.js";
+import { startUserServer, type UserServer } from "../support/user-server.js";
+import { countBy, eventRecorder, rejection, sleep } from "./helpers.js";
+import { createServer, type Server, type Socket } from "node:net";
+
+let etcd: EtcdServer;
+const servers: UserServer[] = [];
+const registrations: Registration[] = [];
+const open: BalancedTransport[] = [];
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+
+afterAll(async () => {
+  await Promise.all(open.map((t) => t.close()));
+  await Promise.allSettled(registrations.map((r) => r.deregister()));
+  await Promise.all(servers.map((s) => s.stop()));
+  await etcd?.stop();
+});
+
+async function server(options?: Parameters<typeof startUserServer>[0]) {
+  const started = await startUserServer(options);
+  servers.push(started);
+  return started;
+}
+
+async function register(name: string, id: string, endpoints: string[], metadata: Record<string, string> | null = null) {
+  const registration = await registerKratos(etcd.endpoint, { id, name, version: "v1", metadata, endpoints });
+  registrations.push(registration);
+  return registration;
+}
+
+function balanced(service: string, discovery: Partial<EtcdDiscoveryOptions> = {}, options: Partial<Parameters<typeof createBalancedTransport>[0]> = {}) {
+  const transport = createBalancedTransport({
+    service,
+    discovery: etcdDiscovery({ endpoints: [etcd.endpoint], ...discovery }),
+    transport: (peer) => createGrpcTransport({ baseUrl: peer.url }),
+    ...options,
+  });
+  open.push(transport);
+  return transport;
+}
+
+async function servedBy(transport: BalancedTransport, calls: number): Promise<string[]> {
+  const users = createPeerClient(UserService, transport);
+  const addresses: string[] = [];
+  for (let i = 0; i < calls; i++) {
+    const res = await users.getUser({ id: String(i) });
+    expect(res.peer.address).toBe(res.message.servedBy);
+    addresses.push(res.message.servedBy);
+  }
+  return addresses;
+}
+
+describe("the snapshot cache", () => {
+  it("reads etcd once for concurrent cold calls and not at all within the TTL (counted by etcd)", async () => {
+    const [a, b] = [await server(), await server()];
+    await register("ttl-service", "a", [`grpc://${a.address}`]);
+    await register("ttl-service", "b", [`grpc://${b.address}`]);
+    const transport = balanced("ttl-service", { ttlMs: 60_000 });
+    const users = createClient(UserService, transport);
+
+    const before = await etcd.rangeCount();
+    await Promise.all(Array.from({ length: 20 }, (_, i) => users.getUser({ id: String(i) })));
+    expect(await etcd.rangeCount()).toBe(before + 1);
+
+    await servedBy(transport, 40);
+    // a second transport with the same discovery settings shares the process-wide snapshot
+    await servedBy(balanced("ttl-service", { ttlMs: 60_000 }), 10);
+    expect(await etcd.rangeCount()).toBe(before + 1);
+  });
+
+  it("notices an instance added and one removed once the TTL has passed", async () => {
+    const ttlMs = 300;
+    const [a, b, c] = [await server(), await server(), await server()];
+    const regA = await register("change-service", "a", [`grpc://${a.address}`]);
+    await register("change-service", "b", [`grpc://${b.address}`]);
+    const recorder = eventRecorder();
+    const transport = balanced("change-service", { ttlMs }, { onEvent: recorder.onEvent });
+    expect(new Set(await servedBy(transport, 4))).toEqual(new Set([a.address, b.address]));
+
+    await register("change-service", "c", [`grpc://${c.address}`]);
+    // still fresh: the cached snapshot serves, c is not called yet
+    expect(new Set(await servedBy(transport, 4))).toEqual(new Set([a.address, b.address]));
+
+    await sleep(ttlMs);
+    const refreshed = recorder.next("snapshot");
+    await servedBy(transport, 1); // served from the stale snapshot while one refresh runs
+    expect((await refreshed).instances).toBe(3);
+    expect(countBy(await servedBy(transport, 9))).toEqual({ [a.address]: 3, [b.address]: 3, [c.address]: 3 });
+
+    await regA.deregister();
+    await sleep(ttlMs);
+    const shrunk = recorder.next("snapshot");
+    await servedBy(transport, 1);
+    expect((await shrunk).instances).toBe(2);
+    expect(new Set(await servedBy(transport, 6))).toEqual(new Set([b.address, c.address]));
+  });
+
+  it("never lets an older revision replace a newer one", async () => {
+    const instance = (port: number) => ({
+      key: `k${port}`, id: `k${port}`, name: "s", version: "", metadata: {},
+      endpoints: [{ scheme: "grpc" as const, host: "127.0.0.1", port, address: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}` }],
+    });
+    // Reads finish out of order: the read that started later saw revision 7, the earlier one revision 5.
+    const answers: Snapshot[] = [
+      { service: "s", revision: 7, instances: [instance(7)], skipped: [] },
+      { service: "s", revision: 5, instances: [instance(5)], skipped: [] },
+    ];
+    const discovery: Discovery = {
+      key: "out-of-order",
+      ttlMs: 0,
+      describe: () => "a test registry",
+      load: async () => answers.shift()!,
+    };
+    const transport = createBalancedTransport({ service: "s", discovery, transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }) });
+    open.push(transport);
+    expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
+    const recorder = eventRecorder();
+    // the stale read at revision 5 lands; revision 7 keeps serving
+    await transport.peers();
+    await sleep(1);
+    expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
+    expect(answers).toHaveLength(0);
+    expect(recorder.events).toEqual([]);
+  });
+});
+
+describe("kratos registry entries", () => {
+  it("does not mix up hello and helloworld", async () => {
+    const [hello, helloworld] = [await server(), await server()];
+    await register("helloworld", "hw-1", [`grpc://${helloworld.address}`]);
+    const empty = await rejection(balanced("hello").peers());
+    expect(empty.code).toBe(Code.Unavailable);
+    expect(empty.message).toContain('no instances of service "hello"');
+
+    await register("hello", "h-1", [`grpc://${hello.address}`]);
+    expect(new Set(await servedBy(balanced("hello", { ttlMs: 1 }), 5))).toEqual(new Set([hello.address]));
+    expect(new Set(await servedBy(balanced("helloworld", { ttlMs: 1 }), 5))).toEqual(new Set([helloworld.address]));
+  });
+
+  it("skips malformed entries, reports each with its key, and serves the valid ones", async () => {
+    const good = await server();
+    const httpOnly = await server({ httpVersion: "1.1" });
+    await register("mixed-service", "good", [`http://${httpOnly.address}`, `grpc://${good.address}?isSecure=false`], { weight: "20", zone: "a" });
+    await putKey(etcd.endpoint, "/microservices/mixed-service/bad-json", "{not json");
+    await putKey(etcd.endpoint, "/microservices/mixed-service/bad-port", JSON.stringify({ id: "x", name: "mixed-service", version: "", metadata: null, endpoints: ["grpc://127.0.0.1:99999"] }));
+    await putKey(etcd.endpoint, "/microservices/mixed-service/wrong-name", JSON.stringify({ id: "y", name: "other", version: "", metadata: null, endpoints: ["grpc://127.0.0.1:1"] }));
+    await putKey(etcd.endpoint, "/microservices/mixed-service/no-endpoints", JSON.stringify({ id: "z", name: "mixed-service", version: "", metadata: null, endpoints: [] }));
+    const recorder = eventRecorder();
+    const transport = balanced("mixed-service", {}, { onEvent: recorder.onEvent });
+    const peers = await transport.peers();
+    expect(peers).toHaveLength(1);
+    expect(peers[0]).toMatchObject({ address: good.address, id: "good", weight: 20, metadata: { weight: "20", zone: "a" } });
+    expect(new Set(await servedBy(transport, 3))).toEqual(new Set([good.address]));
+    const skipped = recorder.events.filter((e) => e.type === "entry_skipped");
+    expect(skipped.map((e) => e.type === "entry_skipped" && [e.key, e.reason])).toEqual([
+      ["/microservices/mixed-service/bad-json", expect.stringContaining("not JSON")],
+      ["/microservices/mixed-service/bad-port", expect.stringContaining('bad port "99999"')],
+      ["/microservices/mixed-service/no-endpoints", "no endpoints"],
+      ["/microservices/mixed-service/wrong-name", expect.stringContaining('"other"')],
+    ]);
+  });
+
+  it("dials the Connect protocol over HTTP/1.1 when the transport asks for http endpoints", async () => {
+    const h1 = await server({ httpVersion: "1.1" });
+    const h2 = await server();
+    await register("connect-service", "c1", [`grpc://${h2.address}`, `http://${h1.address}`]);
+    const transport = balanced("connect-service", {}, {
+      schemes: ["http"],
+      transport: (peer) => createConnectTransport({ baseUrl: peer.url, httpVersion: "1.1" }),
+    });
+    expect(await servedBy(transport, 3)).toEqual([h1.address, h1.address, h1.address]);
+  });
+
+  it("calls instances registered on IPv6 loopback", async () => {
+    const v6 = await server({ host: "::1" });
+    await register("v6-service", "v6", [`grpc://${v6.address}`]);
+    const transport = balanced("v6-service");
+    const [peer] = await transport.peers();
+    expect(peer).toMatchObject({ host: "::1", port: v6.port, address: `[::1]:${v6.port}`, url: `http://[::1]:${v6.port}` });
+    expect(await servedBy(transport, 2)).toEqual([v6.address, v6.address]);
+  });
+});
+
+describe("other registry formats", () => {
+  it("reads grpc-go's etcd-naming entries", async () => {
+    const [a, b] = [await server(), await server()];
+    for (const s of [a, b]) {
+      await putKey(etcd.endpoint, `naming/billing/${s.address}`, JSON.stringify({ Op: 0, Addr: s.address, Metadata: null }));
+    }
+    const transport = balanced("naming/billing", { format: "etcd-naming" });
+    expect(new Set(await servedBy(transport, 4))).toEqual(new Set([a.address, b.address]));
+  });
+
+  it("takes a custom decoder", async () => {
+    const a = await server();
+    await putKey(etcd.endpoint, "/custom/orders/1", `${a.address}|blue`);
+    await putKey(etcd.endpoint, "/custom/orders/2", "garbage");
+    const recorder = eventRecorder();
+    const transport = balanced(
+      "orders",
+      {
+        namespace: "/custom",
+        format: (key, value) => {
+          const [address, color] = value.split("|");
+          if (color === undefined) {
+            throw new Error(`no color in ${key}`);
+          }
+          return { endpoints: [`grpc://${address}`], metadata: { color } };
+        },
+      },
+      { onEvent: recorder.onEvent },
+    );
+    const peers = await transport.peers();
+    expect(peers.map((p) => [p.address, p.metadata["color"], p.id])).toEqual([[a.address, "blue", "1"]]);
+    expect(recorder.events).toContainEqual(expect.objectContaining({ type: "entry_skipped", key: "/custom/orders/2", reason: "decoder threw: no color in /custom/orders/2" }));
+  });
+});
+
+describe("when etcd is down", () => {
+  it("fails a cold call with Unavailable and the cause", async () => {
+    const port = await freePort();
+    const error = await rejection(balanced("any", { endpoints: [`http://127.0.0.1:${port}`] }).peers());
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.message).toContain(`http://127.0.0.1:${port}`);
+    expect(error.message).toContain("ECONNREFUSED");
+  });
+
+  it("fails a cold call within the call's deadline when etcd does not answer", async () => {
+    const sockets = new Set<Socket>();
+    const silent: Server = createServer((socket) => void sockets.add(socket)); // accepts connections, never answers
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const port = (silent.address() as { port: number }).port;
+    try {
+      const users = createClient(UserService, balanced("any", { endpoints: [`http://127.0.0.1:${port}`], requestTimeoutMs: 20_000 }));
+      const error = await rejection(users.getUser({ id: "1" }, { timeoutMs: 200 }));
+      expect(error.code).toBe(Code.DeadlineExceeded);
+      expect(error.message).toContain("200 ms");
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it("fails over to the next etcd endpoint", async () => {
+    const a = await server();
+    await register("failover-service", "a", [`grpc://${a.address}`]);
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const transport = balanced("failover-service", { endpoints: [dead, etcd.endpoint] });
+    expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
+  });
+
+  it("keeps serving the last good snapshot when etcd goes away, and reports the failure", async () => {
+    const own = await startEtcd();
+    try {
+      const a = await server();
+      await registerKratos(own.endpoint, { id: "a", name: "warm-service", version: "v1", metadata: null, endpoints: [`grpc://${a.address}`] });
+      const recorder = eventRecorder();
+      const ttlMs = 100;
+      const transport = balanced("warm-service", { endpoints: [own.endpoint], ttlMs }, { onEvent: recorder.onEvent });
+      expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
+      await own.stop();
+      await sleep(ttlMs);
+      const failed = recorder.next("discovery_failed");
+      expect(await servedBy(transport, 5)).toEqual(Array(5).fill(a.address));
+      const event = await failed;
+      expect(event.serving).toBe(true);
+      expect(event.error.code).toBe(Code.Unavailable);
+      expect(event.error.message).toContain(own.endpoint);
+      expect(await servedBy(transport, 3)).toEqual(Array(3).fill(a.address));
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
+describe("etcd with authentication", () => {
+  it("reads with a user's token and rejects a wrong password without revealing it", async () => {
+    const own = await startEtcd();
+    try {
+      const a = await server();
+      await registerKratos(own.endpoint, { id: "a", name: "secure-service", version: "v1", metadata: null, endpoints: [`grpc://${a.address}`] });
+      await etcdRequest(own.endpoint, "/v3/auth/user/add", { name: "root", password: "root-pw" });
+      await etcdRequest(own.endpoint, "/v3/auth/user/grant", { user: "root", role: "root" });
+      await etcdRequest(own.endpoint, "/v3/auth/user/add", { name: "reader", password: "reader-pw" });
+      await etcdRequest(own.endpoint, "/v3/auth/role/add", { name: "discovery" });
+      await etcdRequest(own.endpoint, "/v3/auth/role/grant", {
+        name: "discovery",
+        perm: { permType: "READ", key: btoa("/microservices/"), range_end: btoa("/microservices0") },
+      });
+      await etcdRequest(own.endpoint, "/v3/auth/user/grant", { user: "reader", role: "discovery" });
+      await etcdRequest(own.endpoint, "/v3/auth/enable", {});
+
+      const anonymous = await rejection(balanced("secure-service", { endpoints: [own.endpoint] }).peers());
+      expect(anonymous.code).toBe(Code.Unauthenticated);
+      expect(anonymous.message).toContain("requires authentication");
+
+      const reader = balanced("secure-service", { endpoints: [own.endpoint], auth: { username: "reader", password: "reader-pw" } });
+      expect(await servedBy(reader, 2)).toEqual([a.address, a.address]);
+
+      const wrong = await rejection(
+        balanced("secure-service", { endpoints: [own.endpoint], auth: { username: "reader", password: "not-the-pw" } }).peers(),
+      );
+      expect(wrong.code).toBe(Code.Unauthenticated);
+      expect(wrong.message).toContain('user "reader"');
+      expect(wrong.message).not.toContain("not-the-pw");
+
+      const outside = await rejection(
+        balanced("secure-service", { endpoints: [own.endpoint], namespace: "/elsewhere", auth: { username: "reader", password: "reader-pw" } }).peers(),
+      );
+      expect(outside.code).toBe(Code.PermissionDenied);
+      expect(outside.message).toContain('"/elsewhere/secure-service/"');
+    } finally {
+      await own.stop();
+    }
+  });
+});
