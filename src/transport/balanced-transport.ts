@@ -164,28 +164,24 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       const headers = new Headers(header);
       const call = await pickPeer(method, signal, timeoutMs, headers, values);
       const { transport } = call.entry;
-      const { peer } = call.pick;
-      const request: UnaryRequest<I, O> = {
-        stream: false,
-        service: method.parent,
-        method,
-        requestMethod: "POST",
-        url: `${peer.url}/${method.parent.typeName}/${method.name}`,
-        signal: signal ?? new AbortController().signal,
-        header: headers,
-        contextValues: values,
-        message: create(method.input, input as MessageInitShape<I>) as MessageShape<I>,
-      };
       let response: UnaryResponse<I, O>;
       try {
-        response = await intercept((req: UnaryRequest<I, O>) =>
-          transport.unary(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
-        )(request);
+        response =
+          interceptors.length === 0
+            ? await transport.unary(method, signal, timeoutMs, headers, input, values)
+            : await intercept((req: UnaryRequest<I, O>) =>
+                transport.unary(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
+              )({
+                ...requestCommon(method, call.pick.peer, signal, headers, values),
+                stream: false,
+                method,
+                message: create(method.input, input) as MessageShape<I>,
+              });
       } catch (error) {
         throw finish(call, error);
       }
       finish(call);
-      return { ...response, peer };
+      return { ...response, peer: call.pick.peer };
     },
 
     async stream<I extends DescMessage, O extends DescMessage>(
@@ -200,23 +196,19 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       const headers = new Headers(header);
       const call = await pickPeer(method, signal, timeoutMs, headers, values);
       const { transport } = call.entry;
-      const { peer } = call.pick;
-      const request: StreamRequest<I, O> = {
-        stream: true,
-        service: method.parent,
-        method,
-        requestMethod: "POST",
-        url: `${peer.url}/${method.parent.typeName}/${method.name}`,
-        signal: signal ?? new AbortController().signal,
-        header: headers,
-        contextValues: values,
-        message: input as AsyncIterable<MessageShape<I>>,
-      };
       let response: StreamResponse<I, O>;
       try {
-        response = await intercept((req: StreamRequest<I, O>) =>
-          transport.stream(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
-        )(request);
+        response =
+          interceptors.length === 0
+            ? await transport.stream(method, signal, timeoutMs, headers, input, values)
+            : await intercept((req: StreamRequest<I, O>) =>
+                transport.stream(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
+              )({
+                ...requestCommon(method, call.pick.peer, signal, headers, values),
+                stream: true,
+                method,
+                message: input as AsyncIterable<MessageShape<I>>,
+              });
       } catch (error) {
         throw finish(call, error);
       }
@@ -228,7 +220,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
         }
         return undefined;
       };
-      return { ...response, peer, message: trackStream(response.message, end) };
+      return { ...response, peer: call.pick.peer, message: trackStream(response.message, end) };
     },
 
     async peers(options) {
@@ -242,6 +234,22 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
         await pool.closeAll();
       }
     },
+  };
+}
+
+/**
+ * The fields interceptors see besides the message. Built only when there are
+ * interceptors: a fresh AbortSignal per call costs more than the rest of the
+ * balancer together.
+ */
+function requestCommon(method: DescMethod, peer: Peer, signal: AbortSignal | undefined, header: Headers, contextValues: ContextValues) {
+  return {
+    service: method.parent,
+    requestMethod: "POST",
+    url: `${peer.url}/${method.parent.typeName}/${method.name}`,
+    signal: signal ?? new AbortController().signal,
+    header,
+    contextValues,
   };
 }
 

@@ -1,0 +1,150 @@
+// `npm run bench`: what the balancer costs, measured side by side in one run.
+// Each comparison alternates its candidates over several rounds and reports
+// the median, so a noisy shared machine skews both sides alike.
+import { createClient, createContextValues, type Transport } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { UserService } from "../gen/demo/user/v1/user_pb.js";
+import { createBalancedTransport, random, roundRobin, staticDiscovery, type Peer } from "../src/index.js";
+import { decodeSnapshot } from "../src/discovery/decode.js";
+import { resolveFormat } from "../src/registry/format.js";
+import { buildPeerSet } from "../src/transport/peer-set.js";
+import { startUserServer } from "../support/user-server.js";
+
+const rounds = 7;
+
+/** Median time per operation in ns, alternating the candidates each round. */
+async function compare(candidates: Record<string, (n: number) => Promise<void> | void>, perRound: number) {
+  const samples: Record<string, number[]> = Object.fromEntries(Object.keys(candidates).map((k) => [k, []]));
+  for (const run of Object.values(candidates)) {
+    await run(Math.ceil(perRound / 10)); // warm up
+  }
+  for (let round = 0; round < rounds; round++) {
+    for (const [name, run] of Object.entries(candidates)) {
+      const start = performance.now();
+      await run(perRound);
+      samples[name]!.push(((performance.now() - start) * 1e6) / perRound);
+    }
+  }
+  return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, v.sort((a, b) => a - b)[Math.floor(v.length / 2)]!]));
+}
+
+function report(title: string, results: Record<string, number>, baseline?: string) {
+  console.log(`\n${title}`);
+  const base = baseline === undefined ? undefined : results[baseline];
+  for (const [name, ns] of Object.entries(results)) {
+    const per = ns >= 1000 ? `${(ns / 1000).toFixed(2)} µs` : `${ns.toFixed(0)} ns`;
+    const ratio = base === undefined || name === baseline ? "" : `  ×${(ns / base).toFixed(2)} of ${baseline}`;
+    console.log(`  ${name.padEnd(34)} ${per.padStart(10)} per op${ratio}`);
+  }
+}
+
+// 1. What the balancer adds to a call: against a transport that answers at
+// once, the difference is the balancer's own work (snapshot, pick, context,
+// interceptor plumbing, response with peer).
+{
+  const instant = (servedBy: string): Transport => ({
+    async unary(method, _signal, _timeoutMs, _header, input) {
+      return {
+        stream: false,
+        service: method.parent,
+        method,
+        header: new Headers(),
+        trailer: new Headers(),
+        message: create(method.output, { servedBy, user: { id: String((input as { id?: string }).id) } } as never),
+      } as never;
+    },
+    stream: () => Promise.reject(new Error("unused")),
+  });
+  const balanced = createBalancedTransport({
+    service: "user-service",
+    discovery: staticDiscovery(["grpc://10.0.0.1:9000", "grpc://10.0.0.2:9000", "grpc://10.0.0.3:9000"]),
+    transport: (peer) => instant(peer.address),
+  });
+  const direct = createClient(UserService, instant("direct"));
+  const viaBalancer = createClient(UserService, balanced);
+  const results = await compare(
+    {
+      "direct, instant transport": async (n) => {
+        for (let i = 0; i < n; i++) await direct.getUser({ id: "1" });
+      },
+      "balanced over 3 instant peers": async (n) => {
+        for (let i = 0; i < n; i++) await viaBalancer.getUser({ id: "1" });
+      },
+    },
+    50_000,
+  );
+  report("unary call through a typed client, transport answering at once", results, "direct, instant transport");
+  const added = results["balanced over 3 instant peers"]! - results["direct, instant transport"]!;
+  console.log(`  added by the balancer: ${(added / 1000).toFixed(2)} µs per call`);
+  await balanced.close();
+}
+
+// 2. The same over real HTTP/2 on loopback.
+{
+  const servers = await Promise.all([startUserServer(), startUserServer(), startUserServer()]);
+  const direct = createClient(UserService, createGrpcTransport({ baseUrl: `http://${servers[0]!.address}` }));
+  const balanced = createBalancedTransport({
+    service: "user-service",
+    discovery: staticDiscovery(servers.map((s) => `grpc://${s.address}`)),
+    transport: (peer) => createGrpcTransport({ baseUrl: peer.url }),
+  });
+  const viaBalancer = createClient(UserService, balanced);
+  const results = await compare(
+    {
+      "direct gRPC transport, 1 server": async (n) => {
+        await Promise.all(Array.from({ length: n }, () => direct.getUser({ id: "1" })));
+      },
+      "balanced over 3 servers": async (n) => {
+        await Promise.all(Array.from({ length: n }, () => viaBalancer.getUser({ id: "1" })));
+      },
+    },
+    500,
+  );
+  report("unary gRPC over HTTP/2 on loopback, 500 concurrent calls per round", results, "direct gRPC transport, 1 server");
+  await balanced.close();
+  await Promise.all(servers.map((s) => s.stop()));
+}
+
+// 3. Picking a peer.
+{
+  const kratos = resolveFormat("kratos");
+  const snapshotOf = (count: number) =>
+    decodeSnapshot(
+      kratos,
+      "svc",
+      1,
+      Array.from({ length: count }, (_, i) => ({
+        key: `/microservices/svc/${i}`,
+        value: JSON.stringify({ id: `${i}`, name: "svc", version: "v1", metadata: { weight: "100" }, endpoints: [`grpc://10.0.${i >> 8}.${i & 255}:9000`] }),
+      })),
+    );
+  const request = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues() };
+  const candidates: Record<string, (n: number) => void> = {};
+  for (const count of [3, 1000]) {
+    const peers: readonly Peer[] = buildPeerSet(snapshotOf(count), ["grpc"], roundRobin(), "bench").peers;
+    for (const [name, balancer] of [["round_robin", roundRobin()], ["random", random()]] as const) {
+      const pick = balancer.build(peers);
+      candidates[`${name}, ${count} peers`] = (n) => {
+        for (let i = 0; i < n; i++) pick(request);
+      };
+    }
+  }
+  report("pick, per call", await compare(candidates, 1_000_000));
+
+  // 4. Work per registry change, not per call: decode + build peers + picker.
+  const entries = Array.from({ length: 1000 }, (_, i) => ({
+    key: `/microservices/svc/${i}`,
+    value: JSON.stringify({ id: `${i}`, name: "svc", version: "v1", metadata: null, endpoints: [`grpc://10.0.${i >> 8}.${i & 255}:9000`, `http://10.0.${i >> 8}.${i & 255}:8000`] }),
+  }));
+  report(
+    "per registry change (not per call)",
+    await compare(
+      {
+        "decode 1000 kratos entries": () => void decodeSnapshot(kratos, "svc", 1, entries),
+        "build 1000 peers + picker": () => void buildPeerSet(snapshotOf(1000), ["grpc"], roundRobin(), "bench"),
+      },
+      20,
+    ),
+  );
+}
