@@ -9,6 +9,7 @@ import { createBalancedTransport, random, roundRobin, staticDiscovery, type Peer
 import { decodeSnapshot } from "../src/discovery/decode.js";
 import { resolveFormat } from "../src/registry/format.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
+import { bundleUniversalEntry } from "../support/bundle.js";
 import { startUserServer } from "../support/user-server.js";
 
 const rounds = 7;
@@ -147,4 +148,13 @@ function report(title: string, results: Record<string, number>, baseline?: strin
       20,
     ),
   );
+}
+
+// 5. What an edge bundle carries (peer dependencies @connectrpc/* and @bufbuild/* left external).
+{
+  console.log("\nuniversal bundle size (esbuild, minified)");
+  for (const entry of ["src/index.ts", "src/fetch/index.ts"]) {
+    const bundle = await bundleUniversalEntry(entry);
+    console.log(`  ${entry.padEnd(34)} ${(bundle.minifiedBytes / 1024).toFixed(1).padStart(6)} KB minified  ${(bundle.gzipBytes / 1024).toFixed(1).padStart(5)} KB gzipped`);
+  }
 }
