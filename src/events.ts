@@ -8,6 +8,8 @@ export type BalancerEvent =
   | { readonly type: "entry_skipped"; readonly service: string; readonly key: string; readonly reason: string }
   /** Reading the registry failed; `serving` says whether an older snapshot keeps serving calls. */
   | { readonly type: "discovery_failed"; readonly service: string; readonly error: ConnectError; readonly serving: boolean }
+  /** A peer could not be reached; it gets no calls for `forMs` unless every peer is ejected. */
+  | { readonly type: "peer_ejected"; readonly service: string; readonly address: string; readonly forMs: number; readonly error: ConnectError }
   /** A per-peer transport's close() failed when its peer left or the balancer closed. */
   | { readonly type: "peer_close_failed"; readonly service: string; readonly address: string; readonly error: unknown };
 
@@ -29,6 +31,7 @@ export const logProblems: EventListener = (event) => {
       console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
       break;
     case "snapshot":
+    case "peer_ejected":
       break;
   }
 };

@@ -4,6 +4,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 
@@ -21,24 +22,32 @@ export interface UserServerOptions {
   readonly host?: string;
   readonly port?: number;
   readonly httpVersion?: "2" | "1.1";
+  /** Answer every call with this error code, as an overloaded or broken instance would. */
+  readonly failWith?: Code;
 }
 
-export async function startUserServer({ host = "127.0.0.1", port = 0, httpVersion = "2" }: UserServerOptions = {}): Promise<UserServer> {
+export async function startUserServer({ host = "127.0.0.1", port = 0, httpVersion = "2", failWith }: UserServerOptions = {}): Promise<UserServer> {
   let address = "";
   let calls = 0;
+  const answer = () => {
+    calls++;
+    if (failWith !== undefined) {
+      throw new ConnectError(`${address} is failing on purpose`, failWith);
+    }
+  };
   const handler = connectNodeAdapter({
     routes(router) {
       router.service(UserService, {
         getUser(request) {
-          calls++;
+          answer();
           return { user: { id: request.id, name: `user ${request.id}` }, servedBy: address };
         },
         updateUser(request) {
-          calls++;
+          answer();
           return { user: { id: request.id, name: request.name }, servedBy: address };
         },
         async *listUsers(request) {
-          calls++;
+          answer();
           for (let i = 0; i < request.count; i++) {
             yield { user: { id: String(i), name: `user ${i}` }, servedBy: address };
           }

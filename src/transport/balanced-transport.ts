@@ -26,6 +26,8 @@ import type { Discovery } from "../discovery/discovery.js";
 import { logProblems, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
+import { Ejections } from "./ejections.js";
+import { classifyFailure } from "./failures.js";
 import { buildPeerSet, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
 
@@ -46,6 +48,15 @@ export interface BalancedTransportOptions {
   readonly schemes?: readonly EndpointScheme[];
   /** Run once per call after the pick, around the peer's transport; `req.contextValues.get(peerKey)` is set. */
   readonly interceptors?: readonly Interceptor[];
+  /**
+   * Attempts per unary call, each on another peer (default 2; 1 turns retries off).
+   * A call is sent again only when that cannot repeat a side effect: the peer
+   * was not reached at all, or the method is marked idempotent and failed as
+   * Unavailable. Streams are not retried.
+   */
+  readonly maxAttempts?: number;
+  /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
+  readonly ejectionMs?: number;
   /** Receives snapshots, skipped registry entries and discovery failures; problems go to console.warn without it. */
   readonly onEvent?: EventListener;
 }
@@ -85,6 +96,14 @@ export interface BalancedTransport extends Transport {
 
 const succeeded: CallResult = Object.freeze({});
 
+/** One attempt of a call on one peer. */
+interface Attempt {
+  readonly method: DescMethod;
+  readonly pick: Pick;
+  readonly entry: PeerTransport;
+  readonly started: number;
+}
+
 export function createBalancedTransport(options: BalancedTransportOptions): BalancedTransport {
   const service = parseServiceName(options.service);
   const schemes = options.schemes ?? ["grpc", "grpcs"];
@@ -100,6 +119,11 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const pool = new PeerTransports(options.transport, (address, error) =>
     onEvent({ type: "peer_close_failed", service, address, error }),
   );
+  const maxAttempts = options.maxAttempts ?? 2;
+  if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
+    throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
+  }
+  const ejections = new Ejections(options.ejectionMs ?? 10_000);
   let peerSet: PeerSet | undefined;
   let closed = false;
 
@@ -111,6 +135,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     if (peerSet?.snapshot !== snapshot) {
       peerSet = buildPeerSet(snapshot, schemes, balancer, where);
       pool.retain(peerSet.peers);
+      ejections.retain(peerSet.peers);
     }
     if (!("pick" in peerSet)) {
       throw new ConnectError(peerSet.unavailable, Code.Unavailable);
@@ -124,25 +149,56 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     }
   }
 
-  /** Picks a peer for one call, records it in the context values, and takes its transport. */
+  /**
+   * Picks a peer for one attempt, passing over ejected peers and those already
+   * tried by this call while others remain; records it in the context values
+   * and takes its transport.
+   */
   async function pickPeer(
     method: DescMethod,
     signal: AbortSignal | undefined,
     timeoutMs: number | undefined,
     header: Headers,
     contextValues: ContextValues,
-  ): Promise<{ pick: Pick; entry: PeerTransport; started: number }> {
-    const pick = (await usablePeers(signal, timeoutMs)).pick({ method, header, contextValues });
+    tried: readonly Peer[] = [],
+  ): Promise<Attempt> {
+    const set = await usablePeers(signal, timeoutMs);
+    const request = { method, header, contextValues };
+    const now = performance.now();
+    let pick = set.pick(request);
+    for (let i = 1; i < set.peers.length && (tried.includes(pick.peer) || ejections.isEjected(pick.peer, now)); i++) {
+      pick = set.pick(request);
+    }
     contextValues.set(peerKey, pick.peer);
-    return { pick, entry: pool.acquire(pick.peer), started: performance.now() };
+    return { method, pick, entry: pool.acquire(pick.peer), started: now };
   }
 
-  /** Ends a call once: tells the policy, frees the peer's transport, and names the peer in an error. */
-  function finish({ pick, entry, started }: { pick: Pick; entry: PeerTransport; started: number }, error?: unknown) {
-    const failure = error === undefined ? undefined : ConnectError.from(error);
+  /**
+   * Ends an attempt once: frees the peer's transport, tells the policy, ejects
+   * a peer that could not be reached, and returns the error naming the peer.
+   */
+  function finish(attempt: Attempt, error?: unknown): { error: ConnectError; retryable: boolean } | undefined {
+    const { pick, entry, started, method } = attempt;
+    const now = performance.now();
     pool.release(entry);
-    pick.done?.(failure === undefined ? succeeded : { error: failure }, performance.now() - started);
-    return failure === undefined ? undefined : attributeToPeer(failure, pick.peer, service);
+    if (error === undefined) {
+      ejections.clear(pick.peer);
+      pick.done?.(succeeded, now - started);
+      return undefined;
+    }
+    const failure = ConnectError.from(error);
+    pick.done?.({ error: failure }, now - started);
+    const kind = classifyFailure(failure, method);
+    if (kind.unreachable) {
+      ejections.eject(pick.peer, now);
+      onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs: ejections.periodMs, error: failure });
+    }
+    return { error: attributeToPeer(failure, pick.peer, service), retryable: kind.retryable };
+  }
+
+  /** Whether the current peers include one this call has not tried yet. */
+  function hasUntried(tried: readonly Peer[]): boolean {
+    return peerSet !== undefined && peerSet.peers.some((peer) => !tried.includes(peer));
   }
 
   function intercept<T>(next: T): T {
@@ -162,26 +218,36 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     ): Promise<PeerUnaryResponse<I, O>> {
       const values = contextValues ?? createContextValues();
       const headers = new Headers(header);
-      const call = await pickPeer(method, signal, timeoutMs, headers, values);
-      const { transport } = call.entry;
-      let response: UnaryResponse<I, O>;
-      try {
-        response =
-          interceptors.length === 0
-            ? await transport.unary(method, signal, timeoutMs, headers, input, values)
-            : await intercept((req: UnaryRequest<I, O>) =>
-                transport.unary(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
-              )({
-                ...requestCommon(method, call.pick.peer, signal, headers, values),
-                stream: false,
-                method,
-                message: create(method.input, input) as MessageShape<I>,
-              });
-      } catch (error) {
-        throw finish(call, error);
+      const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
+      const tried: Peer[] = [];
+      for (;;) {
+        const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
+        const call = await pickPeer(method, signal, remainingMs, headers, values, tried);
+        const { transport } = call.entry;
+        const { peer } = call.pick;
+        try {
+          const response =
+            interceptors.length === 0
+              ? await transport.unary(method, signal, remainingMs, headers, input, values)
+              : await intercept((req: UnaryRequest<I, O>) =>
+                  transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
+                )({
+                  ...requestCommon(method, peer, signal, headers, values),
+                  stream: false,
+                  method,
+                  message: create(method.input, input) as MessageShape<I>,
+                });
+          finish(call);
+          return { ...response, peer };
+        } catch (error) {
+          const failure = finish(call, error)!;
+          tried.push(peer);
+          const timeLeft = deadline === undefined || deadline - performance.now() > 0;
+          if (!failure.retryable || tried.length >= maxAttempts || signal?.aborted || !timeLeft || !hasUntried(tried)) {
+            throw failure.error;
+          }
+        }
       }
-      finish(call);
-      return { ...response, peer: call.pick.peer };
     },
 
     async stream<I extends DescMessage, O extends DescMessage>(
@@ -210,13 +276,13 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
                 message: input as AsyncIterable<MessageShape<I>>,
               });
       } catch (error) {
-        throw finish(call, error);
+        throw finish(call, error)!.error;
       }
       let ended = false;
       const end = (error?: unknown) => {
         if (!ended) {
           ended = true;
-          return finish(call, error);
+          return finish(call, error)?.error;
         }
         return undefined;
       };

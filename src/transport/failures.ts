@@ -1,0 +1,42 @@
+import { Code, type ConnectError } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+
+/** System error codes raised before a request could reach the peer at all. */
+const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
+
+/** How a failed call relates to the peer it was sent to. */
+export interface FailureKind {
+  /** The peer could not be reached: it should get no calls for a while. */
+  readonly unreachable: boolean;
+  /** Sending the call again, to another peer, cannot repeat a side effect. */
+  readonly retryable: boolean;
+}
+
+const ordinary: FailureKind = { unreachable: false, retryable: false };
+
+export function classifyFailure(error: ConnectError, method: DescMethod): FailureKind {
+  const neverSent = causes(error).some((cause) => notConnectedCodes.has(String((cause as { code?: unknown }).code)));
+  // fetch reports every network failure as a TypeError, without saying whether the request left.
+  const fetchNetworkFailure = error.code === Code.Unknown && causes(error).some((cause) => cause instanceof TypeError);
+  if (neverSent) {
+    return { unreachable: true, retryable: true };
+  }
+  if (fetchNetworkFailure || error.code === Code.Unavailable) {
+    return { unreachable: fetchNetworkFailure, retryable: isIdempotent(method) };
+  }
+  return ordinary;
+}
+
+function isIdempotent(method: DescMethod): boolean {
+  return method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
+}
+
+function causes(error: Error): unknown[] {
+  const chain: unknown[] = [];
+  for (let cause: unknown = error.cause; cause !== undefined && cause !== null && chain.length < 8; ) {
+    chain.push(cause);
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return chain;
+}

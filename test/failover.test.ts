@@ -1,0 +1,114 @@
+// What a caller sees when instances die or fail: a crashed kratos instance
+// stays registered until its lease expires, and calls must not pay for it.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, createContextValues } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { UserService } from "../gen/demo/user/v1/user_pb.js";
+import { createBalancedTransport, createPeerClient, etcdDiscovery, peerKey, type BalancedTransport } from "../src/index.js";
+import { fetchTransport } from "../src/fetch/index.js";
+import { startEtcd, type EtcdServer } from "../support/etcd.js";
+import { registerKratos } from "../support/registry.js";
+import { startUserServer, type UserServer } from "../support/user-server.js";
+import { countBy, eventRecorder, rejection } from "./helpers.js";
+
+let etcd: EtcdServer;
+const servers: UserServer[] = [];
+const open: BalancedTransport[] = [];
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+
+afterAll(async () => {
+  await Promise.all(open.map((t) => t.close()));
+  await Promise.all(servers.map((s) => s.stop()));
+  await etcd?.stop();
+});
+
+async function instances(service: string, options: Parameters<typeof startUserServer>[0][]) {
+  const started: UserServer[] = [];
+  for (const [i, serverOptions] of options.entries()) {
+    const server = await startUserServer(serverOptions);
+    servers.push(server);
+    started.push(server);
+    const scheme = serverOptions?.httpVersion === "1.1" ? "http" : "grpc";
+    await registerKratos(etcd.endpoint, { id: `${service}-${i}`, name: service, version: "v1", metadata: null, endpoints: [`${scheme}://${server.address}`] });
+  }
+  return started;
+}
+
+function balanced(service: string, options: Partial<Parameters<typeof createBalancedTransport>[0]> = {}) {
+  const transport = createBalancedTransport({
+    service,
+    discovery: etcdDiscovery({ endpoints: [etcd.endpoint] }),
+    transport: (peer) => createGrpcTransport({ baseUrl: peer.url }),
+    ...options,
+  });
+  open.push(transport);
+  return transport;
+}
+
+describe("an instance that crashed but is still registered", () => {
+  it("costs no failed call: it is retried elsewhere once, then ejected", async () => {
+    const [dead, ...live] = await instances("crash-service", [{}, {}, {}]);
+    await dead!.stop();
+    const recorder = eventRecorder();
+    const users = createPeerClient(UserService, balanced("crash-service", { onEvent: recorder.onEvent }));
+    const served: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const contextValues = createContextValues();
+      const read = await users.getUser({ id: String(i) }, { contextValues });
+      expect(contextValues.get(peerKey)).toBe(read.peer);
+      // a write is safe to resend too: the dead peer never received it
+      const write = await users.updateUser({ id: String(i), name: "n" });
+      served.push(read.message.servedBy, write.message.servedBy);
+    }
+    expect(countBy(served)).toEqual({ [live[0]!.address]: 20, [live[1]!.address]: 20 });
+    const ejected = recorder.events.filter((e) => e.type === "peer_ejected");
+    expect(ejected).toEqual([expect.objectContaining({ address: dead!.address, forMs: 10_000 })]);
+  });
+
+  it("fails the call when retries are turned off, naming the dead peer", async () => {
+    const [dead] = await instances("no-retry-service", [{}]);
+    await dead!.stop();
+    const error = await rejection(createPeerClient(UserService, balanced("no-retry-service", { maxAttempts: 1 })).getUser({ id: "1" }));
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.message).toContain(dead!.address);
+  });
+
+  it("is treated the same when calls go over fetch, where the failure is a TypeError", async () => {
+    const [dead, live] = await instances("fetch-crash-service", [{ httpVersion: "1.1" }, { httpVersion: "1.1" }]);
+    await dead!.stop();
+    const recorder = eventRecorder();
+    const users = createPeerClient(
+      UserService,
+      balanced("fetch-crash-service", { schemes: ["http"], transport: fetchTransport(), onEvent: recorder.onEvent }),
+    );
+    for (let i = 0; i < 6; i++) {
+      expect((await users.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
+    }
+    expect(recorder.events.filter((e) => e.type === "peer_ejected").map((e) => e.type === "peer_ejected" && e.address)).toEqual([dead!.address]);
+  });
+});
+
+describe("an instance that answers with errors", () => {
+  it("gets idempotent reads retried elsewhere but never a write it may have applied", async () => {
+    const [failing, healthy] = await instances("flaky-service", [{ failWith: Code.Unavailable }, {}]);
+    const users = createPeerClient(UserService, balanced("flaky-service"));
+    for (let i = 0; i < 6; i++) {
+      expect((await users.getUser({ id: "1" })).message.servedBy).toBe(healthy!.address);
+    }
+    const writes = await Promise.allSettled(Array.from({ length: 6 }, () => users.updateUser({ id: "1", name: "n" })));
+    const failed = writes.filter((w) => w.status === "rejected");
+    expect(failed).toHaveLength(3); // round robin sends every other write to the failing peer
+    for (const w of failed) {
+      expect((w as PromiseRejectedResult).reason).toMatchObject({ code: Code.Unavailable, message: expect.stringContaining(`peer ${failing!.address}`) });
+    }
+  });
+
+  it("does not retry errors that another peer would answer the same way", async () => {
+    const [a, b] = await instances("invalid-service", [{ failWith: Code.InvalidArgument }, { failWith: Code.InvalidArgument }]);
+    await rejection(createPeerClient(UserService, balanced("invalid-service")).getUser({ id: "1" }));
+    expect(a!.calls + b!.calls).toBe(1);
+  });
+});
