@@ -114,6 +114,24 @@ describe("the snapshot cache", () => {
     expect(new Set(await servedBy(transport, 6))).toEqual(new Set([b.address, c.address]));
   });
 
+  it("hands the background refresh to waitUntil, once per refresh", async () => {
+    const a = await server();
+    await register("wait-service", "a", [`grpc://${a.address}`]);
+    const ttlMs = 100;
+    const handed: Promise<unknown>[] = [];
+    const recorder = eventRecorder();
+    const transport = balanced("wait-service", { ttlMs }, { waitUntil: (p) => void handed.push(p), onEvent: recorder.onEvent });
+    await servedBy(transport, 3); // the cold read is awaited by the call itself
+    expect(handed).toHaveLength(0);
+    await sleep(ttlMs);
+    const b = await server();
+    await register("wait-service", "b", [`grpc://${b.address}`]);
+    await servedBy(transport, 3); // stale: the first of these starts one refresh
+    expect(handed).toHaveLength(1);
+    await handed[0];
+    expect(recorder.events.filter((e) => e.type === "snapshot").map((e) => e.type === "snapshot" && e.instances)).toEqual([1, 2]);
+  });
+
   it("never lets an older revision replace a newer one", async () => {
     const instance = (port: number) => ({
       key: `k${port}`, id: `k${port}`, name: "s", version: "", metadata: {},
@@ -130,16 +148,22 @@ describe("the snapshot cache", () => {
       describe: () => "a test registry",
       load: async () => answers.shift()!,
     };
-    const transport = createBalancedTransport({ service: "s", discovery, transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }) });
+    const refreshes: Promise<unknown>[] = [];
+    const recorder = eventRecorder();
+    const transport = createBalancedTransport({
+      service: "s",
+      discovery,
+      transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }),
+      waitUntil: (refresh) => void refreshes.push(refresh),
+      onEvent: recorder.onEvent,
+    });
     open.push(transport);
     expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
-    const recorder = eventRecorder();
-    // the stale read at revision 5 lands; revision 7 keeps serving
-    await transport.peers();
-    await sleep(1);
-    expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
+    await transport.peers(); // stale (TTL 0): starts the read that answers revision 5
+    await refreshes[0];
     expect(answers).toHaveLength(0);
-    expect(recorder.events).toEqual([]);
+    expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
+    expect(recorder.events.filter((e) => e.type === "snapshot")).toEqual([expect.objectContaining({ revision: 7 })]);
   });
 });
 

@@ -7,9 +7,10 @@ export interface SnapshotCache {
   /**
    * The snapshot to serve now, or undefined before the first read succeeded.
    * When it is older than the TTL, one background refresh starts and the
-   * stale snapshot keeps serving meanwhile.
+   * stale snapshot keeps serving meanwhile; `waitUntil` is handed that refresh,
+   * so runtimes that freeze after the response let it finish.
    */
-  peek(): Snapshot | undefined;
+  peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined;
   /** Waits for the first snapshot, within the call's signal and timeout. */
   load(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot>;
   /** Stops this handle's events; the last release cancels an in-flight read. */
@@ -33,7 +34,7 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
   cache.listeners.add(listener);
   let released = false;
   return {
-    peek: () => cache.peek(),
+    peek: (waitUntil) => cache.peek(waitUntil),
     load(signal, timeoutMs) {
       const snapshot = cache.peek();
       return snapshot !== undefined ? Promise.resolve(snapshot) : withinCall(cache.refresh(), service, signal, timeoutMs);
@@ -60,9 +61,10 @@ class SharedSnapshot {
     private readonly service: string,
   ) {}
 
-  peek(): Snapshot | undefined {
+  peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined {
     if (this.snapshot !== undefined && this.inflight === undefined && Date.now() >= this.freshUntil) {
-      this.refresh().catch(() => {}); // reported as a discovery_failed event
+      const refresh = this.refresh().catch(() => {}); // reported as a discovery_failed event
+      waitUntil?.(refresh);
     }
     return this.snapshot;
   }

@@ -57,6 +57,12 @@ export interface BalancedTransportOptions {
   readonly maxAttempts?: number;
   /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
   readonly ejectionMs?: number;
+  /**
+   * Keeps a background registry refresh alive on runtimes that freeze or end
+   * work after the response: Cloudflare Workers' `waitUntil` from
+   * "cloudflare:workers", Next.js' `after`. Called with each refresh a call starts.
+   */
+  readonly waitUntil?: (refresh: Promise<unknown>) => void;
   /** Receives snapshots, skipped registry entries and discovery failures; problems go to console.warn without it. */
   readonly onEvent?: EventListener;
 }
@@ -130,7 +136,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
   async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
     assertOpen();
-    const snapshot = cache.peek() ?? (await cache.load(signal, timeoutMs));
+    const snapshot = cache.peek(options.waitUntil) ?? (await cache.load(signal, timeoutMs));
     assertOpen();
     if (peerSet?.snapshot !== snapshot) {
       peerSet = buildPeerSet(snapshot, schemes, balancer, where);
