@@ -114,6 +114,16 @@ describe("the snapshot cache", () => {
     expect(new Set(await servedBy(transport, 6))).toEqual(new Set([b.address, c.address]));
   });
 
+  it("keeps a shared read going when one of the transports sharing it closes", async () => {
+    const a = await server();
+    await register("shared-service", "a", [`grpc://${a.address}`]);
+    const first = balanced("shared-service");
+    const second = balanced("shared-service");
+    const pending = second.peers(); // the cold read both share is now in flight
+    await first.close();
+    expect((await pending).map((p) => p.address)).toEqual([a.address]);
+  });
+
   it("hands the background refresh to waitUntil, once per refresh", async () => {
     const a = await server();
     await register("wait-service", "a", [`grpc://${a.address}`]);

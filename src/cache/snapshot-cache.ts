@@ -31,7 +31,8 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
     shared.set(key, entry);
   }
   const cache = entry;
-  cache.listeners.add(listener);
+  const holder = { listener };
+  cache.holders.add(holder);
   let released = false;
   return {
     peek: (waitUntil) => cache.peek(waitUntil),
@@ -42,14 +43,15 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
     release() {
       if (!released) {
         released = true;
-        cache.release(listener);
+        cache.release(holder);
       }
     },
   };
 }
 
 class SharedSnapshot {
-  readonly listeners = new Set<EventListener>();
+  /** One per acquired handle: two transports may share a listener function. */
+  readonly holders = new Set<{ readonly listener: EventListener }>();
   private snapshot: Snapshot | undefined;
   /** The highest revision read so far, even when its content equalled the served snapshot. */
   private revision = Number.NEGATIVE_INFINITY;
@@ -91,9 +93,9 @@ class SharedSnapshot {
     return promise;
   }
 
-  release(listener: EventListener): void {
-    this.listeners.delete(listener);
-    if (this.listeners.size === 0) {
+  release(holder: { readonly listener: EventListener }): void {
+    this.holders.delete(holder);
+    if (this.holders.size === 0) {
       // Nobody waits for the read any more: don't let it hold the process open.
       this.inflight?.controller.abort(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
     }
@@ -134,7 +136,7 @@ class SharedSnapshot {
   }
 
   private emit(event: BalancerEvent): void {
-    for (const listener of this.listeners) {
+    for (const { listener } of this.holders) {
       try {
         listener(event);
       } catch {

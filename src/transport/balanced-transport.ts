@@ -223,10 +223,11 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       contextValues?: ContextValues,
     ): Promise<PeerUnaryResponse<I, O>> {
       const values = contextValues ?? createContextValues();
-      const headers = new Headers(header);
       const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
       const tried: Peer[] = [];
       for (;;) {
+        // each attempt starts from the caller's headers, whatever interceptors added last time
+        const headers = new Headers(header);
         const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
         const call = await pickPeer(method, signal, remainingMs, headers, values, tried);
         const { transport } = call.entry;
