@@ -101,6 +101,7 @@ export interface BalancedTransport extends Transport {
 }
 
 const succeeded: CallResult = Object.freeze({});
+const noneTried: ReadonlySet<string> = new Set();
 
 /** One attempt of a call on one peer. */
 interface Attempt {
@@ -166,13 +167,13 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     timeoutMs: number | undefined,
     header: Headers,
     contextValues: ContextValues,
-    tried: readonly Peer[] = [],
+    tried: ReadonlySet<string> = noneTried,
   ): Promise<Attempt> {
     const set = await usablePeers(signal, timeoutMs);
     const request = { method, header, contextValues };
     const now = performance.now();
     let pick = set.pick(request);
-    for (let i = 1; i < set.peers.length && (tried.includes(pick.peer) || ejections.isEjected(pick.peer, now)); i++) {
+    for (let i = 1; i < set.peers.length && (tried.has(pick.peer.url) || ejections.isEjected(pick.peer, now)); i++) {
       pick = set.pick(request);
     }
     contextValues.set(peerKey, pick.peer);
@@ -195,16 +196,16 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const failure = ConnectError.from(error);
     pick.done?.({ error: failure }, now - started);
     const kind = classifyFailure(failure, method);
-    if (kind.unreachable) {
+    if (kind.unreachable && !ejections.isEjected(pick.peer, now)) {
       ejections.eject(pick.peer, now);
       onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs: ejections.periodMs, error: failure });
     }
     return { error: attributeToPeer(failure, pick.peer, service), retryable: kind.retryable };
   }
 
-  /** Whether the current peers include one this call has not tried yet. */
-  function hasUntried(tried: readonly Peer[]): boolean {
-    return peerSet !== undefined && peerSet.peers.some((peer) => !tried.includes(peer));
+  /** Whether the current peers include one this call has not tried yet (by URL: peers are rebuilt per snapshot). */
+  function hasUntried(tried: ReadonlySet<string>): boolean {
+    return peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url));
   }
 
   function intercept<T>(next: T): T {
@@ -224,7 +225,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     ): Promise<PeerUnaryResponse<I, O>> {
       const values = contextValues ?? createContextValues();
       const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
-      const tried: Peer[] = [];
+      const tried = new Set<string>();
       for (;;) {
         // each attempt starts from the caller's headers, whatever interceptors added last time
         const headers = new Headers(header);
@@ -248,9 +249,9 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
           return { ...response, peer };
         } catch (error) {
           const failure = finish(call, error)!;
-          tried.push(peer);
+          tried.add(peer.url);
           const timeLeft = deadline === undefined || deadline - performance.now() > 0;
-          if (!failure.retryable || tried.length >= maxAttempts || signal?.aborted || !timeLeft || !hasUntried(tried)) {
+          if (!failure.retryable || tried.size >= maxAttempts || signal?.aborted || !timeLeft || !hasUntried(tried)) {
             throw failure.error;
           }
         }

@@ -10,10 +10,8 @@ export class Ejections {
 
   constructor(readonly periodMs: number) {}
 
-  eject(peer: Peer, now: number): number {
-    const until = now + this.periodMs;
-    this.until.set(peer.url, until);
-    return until;
+  eject(peer: Peer, now: number): void {
+    this.until.set(peer.url, now + this.periodMs);
   }
 
   /** A call to the peer succeeded: it is back. */
