@@ -2,16 +2,19 @@
 import { describe, expect, it } from "vitest";
 import { createContextValues } from "@connectrpc/connect";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
-import { random, roundRobin, type Peer, type PickRequest } from "../src/index.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { leastRequest, p2c, random, roundRobin, weightedRoundRobin, type Peer, type PickRequest } from "../src/index.js";
+import { sleep } from "./helpers.js";
 import { createPeer } from "../src/peer.js";
 import { parseEndpoint, type Endpoint } from "../src/registry/endpoint.js";
 
-const peers: Peer[] = [1, 2, 3, 4].map((n) =>
-  createPeer(
-    { key: `k${n}`, id: `${n}`, name: "svc", version: "", metadata: {}, endpoints: [] },
+function peer(n: number, metadata: Record<string, string> = {}): Peer {
+  return createPeer(
+    { key: `k${n}`, id: `${n}`, name: "svc", version: "", metadata, endpoints: [] },
     parseEndpoint(`grpc://10.0.0.${n}:9000`) as Endpoint,
-  ),
-);
+  );
+}
+const peers: Peer[] = [1, 2, 3, 4].map((n) => peer(n));
 const request: PickRequest = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues() };
 
 function counts(pick: () => Peer, calls: number): number[] {
@@ -53,5 +56,83 @@ describe("random", () => {
     for (const count of counts(() => picker(request).peer, 4000)) {
       expect(count).toBeGreaterThan(800); // 1000 expected per peer
     }
+  });
+});
+
+describe("weighted_round_robin", () => {
+  it("gives each peer calls in proportion to its registered weight, interleaved", () => {
+    const weighted = [peer(1, { weight: "100" }), peer(2, { weight: "300" })];
+    const picker = weightedRoundRobin().build(weighted);
+    const picks = Array.from({ length: 400 }, () => picker(request).peer.id);
+    expect(picks.filter((id) => id === "1")).toHaveLength(100);
+    // smooth: the light peer never gets two calls in a row
+    expect(picks.join("")).not.toContain("11");
+  });
+});
+
+describe("least_request", () => {
+  it("never picks a busy peer while an idle one is among the two choices", () => {
+    const picker = leastRequest().build(peers);
+    const held = [];
+    let busy: Peer | undefined;
+    // make one peer busy with a call that does not end
+    while (busy === undefined) {
+      const pick = picker(request);
+      held.push(pick);
+      busy = pick.peer;
+    }
+    const counts = new Map<Peer, number>();
+    for (let i = 0; i < 300; i++) {
+      const pick = picker(request);
+      counts.set(pick.peer, (counts.get(pick.peer) ?? 0) + 1);
+      pick.done?.({}, 1);
+    }
+    expect(counts.get(busy) ?? 0).toBe(0);
+    expect(counts.size).toBe(3);
+  });
+});
+
+describe("p2c (peak EWMA)", () => {
+  function warm(picker: ReturnType<ReturnType<typeof p2c>["build"]>, latencyOf: (p: Peer) => number, calls: number) {
+    const counts = new Map<string, number>();
+    for (let i = 0; i < calls; i++) {
+      const pick = picker(request);
+      counts.set(pick.peer.id, (counts.get(pick.peer.id) ?? 0) + 1);
+      pick.done?.({}, latencyOf(pick.peer));
+    }
+    return counts;
+  }
+
+  it("steers calls away from a slow peer, keeps that knowledge across registry changes, and does not starve a new peer", () => {
+    const balancer = p2c();
+    const slow = (p: Peer) => (p.id === "1" ? 100 : 10);
+    const first = warm(balancer.build(peers), slow, 400);
+    expect(first.get("1") ?? 0).toBeLessThan(20); // only until its first slow answer is known
+    const after = warm(balancer.build(peers), slow, 400);
+    expect(after.get("1") ?? 0).toBe(0); // a rebuild resets nothing
+    const grown = warm(balancer.build([...peers, peer(5)]), slow, 400);
+    expect(grown.get("5") ?? 0).toBeGreaterThan(40); // new, unmeasured: picked, and fast, so kept
+    expect(grown.get("1") ?? 0).toBe(0);
+  });
+
+  it("does not hold a caller's cancellation against the peer", () => {
+    const picker = p2c().build(peers.slice(0, 2));
+    warm(picker, () => 10, 50);
+    for (let i = 0; i < 20; i++) {
+      const pick = picker(request);
+      pick.done?.({ error: new ConnectError("cancelled by the caller", Code.Canceled) }, 5_000);
+    }
+    const counts = warm(picker, () => 10, 200);
+    expect(counts.get("1")! / 200).toBeGreaterThan(0.3);
+    expect(counts.get("2")! / 200).toBeGreaterThan(0.3);
+  });
+
+  it("forgives a slow sample as faster ones arrive over time", async () => {
+    const picker = p2c({ decayMs: 5 }).build(peers.slice(0, 2));
+    warm(picker, (p) => (p.id === "1" ? 1_000 : 10), 20);
+    expect(warm(picker, (p) => (p.id === "1" ? 1_000 : 10), 100).get("1") ?? 0).toBe(0);
+    await sleep(50); // ten time constants
+    const counts = warm(picker, () => 10, 200);
+    expect(counts.get("1") ?? 0).toBeGreaterThan(50);
   });
 });

@@ -134,6 +134,19 @@ describe("a typed client over etcd-discovered kratos instances", () => {
   });
 });
 
+describe("the built-in balancers by name", () => {
+  for (const balancer of ["round_robin", "random", "weighted_round_robin", "least_request", "p2c"] as const) {
+    it(`${balancer} serves every call and reports the peer that answered`, async () => {
+      const users = createPeerClient(UserService, balanced({ balancer }));
+      const results = await Promise.all(Array.from({ length: 12 }, (_, i) => users.getUser({ id: String(i) })));
+      for (const res of results) {
+        expect(res.peer.address).toBe(res.message.servedBy);
+      }
+      expect(cluster.servers.map((s) => s.address)).toEqual(expect.arrayContaining([...new Set(results.map((r) => r.peer.address))]));
+    });
+  }
+});
+
 describe("failures", () => {
   it("leaves the peer it tried in the context and names it in the error", async () => {
     const deadPort = await freePort();

@@ -1,12 +1,18 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Balancer } from "./balancer.js";
+import { leastRequest } from "./least-request.js";
+import { p2c } from "./p2c.js";
 import { random } from "./random.js";
 import { roundRobin } from "./round-robin.js";
+import { weightedRoundRobin } from "./weighted-round-robin.js";
 
 /** The built-in policies, by the names used in the options. */
 const builtIn = {
   round_robin: roundRobin,
   random,
+  weighted_round_robin: weightedRoundRobin,
+  least_request: leastRequest,
+  p2c: () => p2c(),
 } satisfies Record<string, () => Balancer>;
 
 export type BalancerName = keyof typeof builtIn;

@@ -1,0 +1,46 @@
+import type { Peer } from "../peer.js";
+
+/**
+ * What a learning policy knows about one peer. Kept by peer URL across
+ * registry changes, so an unrelated registry update resets nothing.
+ */
+export interface PeerStats {
+  /** Calls picked for the peer that have not ended. */
+  inflight: number;
+  /** Peak-EWMA latency in ms; undefined until the first sample. */
+  latencyMs: number | undefined;
+  /** performance.now() of the last sample. */
+  sampledAt: number;
+}
+
+export class StatsByPeer {
+  private readonly byUrl = new Map<string, PeerStats>();
+
+  /** The stats of each peer, in order; peers that left are forgotten. */
+  forPeers(peers: readonly Peer[]): PeerStats[] {
+    const live = new Set(peers.map((p) => p.url));
+    for (const url of this.byUrl.keys()) {
+      if (!live.has(url)) {
+        this.byUrl.delete(url);
+      }
+    }
+    return peers.map((peer) => {
+      let stats = this.byUrl.get(peer.url);
+      if (stats === undefined) {
+        stats = { inflight: 0, latencyMs: undefined, sampledAt: 0 };
+        this.byUrl.set(peer.url, stats);
+      }
+      return stats;
+    });
+  }
+}
+
+/** Two distinct indexes below n, uniformly (the same one twice only when n is 1). */
+export function twoChoices(n: number): [number, number] {
+  const a = Math.floor(Math.random() * n);
+  if (n < 2) {
+    return [a, a];
+  }
+  const b = Math.floor(Math.random() * (n - 1));
+  return [a, b >= a ? b + 1 : b];
+}
