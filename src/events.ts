@@ -30,8 +30,12 @@ export const logProblems: EventListener = (event) => {
     case "peer_close_failed":
       console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
       break;
-    case "snapshot":
     case "peer_ejected":
+      console.warn(
+        `connect-etcd-balancer: ${event.address} of "${event.service}" is unreachable (${event.error.rawMessage}); no calls for ${event.forMs} ms`,
+      );
+      break;
+    case "snapshot":
       break;
   }
 };
