@@ -8,6 +8,8 @@ export type BalancerEvent =
   | { readonly type: "entry_skipped"; readonly service: string; readonly key: string; readonly reason: string }
   /** Reading the registry failed; `serving` says whether an older snapshot keeps serving calls. */
   | { readonly type: "discovery_failed"; readonly service: string; readonly error: ConnectError; readonly serving: boolean }
+  /** The registry listed no instance any more; the last `instances` keep serving until it lists some again. */
+  | { readonly type: "empty_registry_ignored"; readonly service: string; readonly revision: number; readonly instances: number }
   /** A peer could not be reached; it gets no calls for `forMs` unless every peer is ejected. */
   | { readonly type: "peer_ejected"; readonly service: string; readonly address: string; readonly forMs: number; readonly error: ConnectError }
   /** A per-peer transport's close() failed when its peer left or the balancer closed. */
@@ -29,6 +31,11 @@ export const logProblems: EventListener = (event) => {
       break;
     case "peer_close_failed":
       console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
+      break;
+    case "empty_registry_ignored":
+      console.warn(
+        `connect-etcd-balancer: the registry lists no instance of "${event.service}" (revision ${event.revision}); still calling the last ${event.instances}`,
+      );
       break;
     case "peer_ejected":
       console.warn(

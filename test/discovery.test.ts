@@ -100,14 +100,14 @@ describe("the snapshot cache", () => {
     // still fresh: the cached snapshot serves, c is not called yet
     expect(new Set(await servedBy(transport, 4))).toEqual(new Set([a.address, b.address]));
 
-    await sleep(ttlMs);
+    await sleep(ttlMs + 10); // timers may fire a millisecond early
     const refreshed = recorder.next("snapshot");
     await servedBy(transport, 1); // served from the stale snapshot while one refresh runs
     expect((await refreshed).instances).toBe(3);
     expect(countBy(await servedBy(transport, 9))).toEqual({ [a.address]: 3, [b.address]: 3, [c.address]: 3 });
 
     await regA.deregister();
-    await sleep(ttlMs);
+    await sleep(ttlMs + 10); // timers may fire a millisecond early
     const shrunk = recorder.next("snapshot");
     await servedBy(transport, 1);
     expect((await shrunk).instances).toBe(2);
@@ -133,13 +133,34 @@ describe("the snapshot cache", () => {
     const transport = balanced("wait-service", { ttlMs }, { waitUntil: (p) => void handed.push(p), onEvent: recorder.onEvent });
     await servedBy(transport, 3); // the cold read is awaited by the call itself
     expect(handed).toHaveLength(0);
-    await sleep(ttlMs);
+    await sleep(ttlMs + 10); // timers may fire a millisecond early
     const b = await server();
     await register("wait-service", "b", [`grpc://${b.address}`]);
     await servedBy(transport, 3); // stale: the first of these starts one refresh
     expect(handed).toHaveLength(1);
     await handed[0];
     expect(recorder.events.filter((e) => e.type === "snapshot").map((e) => e.type === "snapshot" && e.instances)).toEqual([1, 2]);
+  });
+
+  it("keeps the last instances when the registry suddenly lists none, as kratos does", async () => {
+    const a = await server();
+    const registration = await register("vanish-service", "a", [`grpc://${a.address}`]);
+    const ttlMs = 100;
+    const refreshes: Promise<unknown>[] = [];
+    const recorder = eventRecorder();
+    const transport = balanced("vanish-service", { ttlMs }, { waitUntil: (p) => void refreshes.push(p), onEvent: recorder.onEvent });
+    expect(await servedBy(transport, 1)).toEqual([a.address]);
+    await registration.deregister();
+    for (let i = 0; i < 2; i++) {
+      await sleep(ttlMs + 10); // timers may fire a millisecond early
+      expect(await servedBy(transport, 1)).toEqual([a.address]);
+      await refreshes.at(-1);
+    }
+    expect(refreshes).toHaveLength(2);
+    expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
+    expect(recorder.events.filter((e) => e.type === "empty_registry_ignored")).toEqual([
+      expect.objectContaining({ service: "vanish-service", instances: 1 }),
+    ]);
   });
 
   it("never lets an older revision replace a newer one", async () => {
@@ -312,7 +333,7 @@ describe("when etcd is down", () => {
       const transport = balanced("warm-service", { endpoints: [own.endpoint], ttlMs }, { onEvent: recorder.onEvent });
       expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
       await own.stop();
-      await sleep(ttlMs);
+      await sleep(ttlMs + 10); // timers may fire a millisecond early
       const failed = recorder.next("discovery_failed");
       expect(await servedBy(transport, 5)).toEqual(Array(5).fill(a.address));
       const event = await failed;

@@ -56,6 +56,8 @@ class SharedSnapshot {
   /** The highest revision read so far, even when its content equalled the served snapshot. */
   private revision = Number.NEGATIVE_INFINITY;
   private freshUntil = 0;
+  /** The registry read empty and the last instances keep serving. */
+  private servingOverEmpty = false;
   private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
 
   constructor(
@@ -110,6 +112,16 @@ class SharedSnapshot {
     if (this.snapshot !== undefined && sameContent(this.snapshot, next)) {
       return this.snapshot; // same instances: keep the object so balancers keep their state
     }
+    if (next.instances.length === 0 && this.snapshot !== undefined && this.snapshot.instances.length > 0) {
+      // kratos' zero-endpoint protection: an empty registry is more often a wiped
+      // or misconfigured etcd than a fleet scaled to zero, so keep the last peers.
+      if (!this.servingOverEmpty) {
+        this.servingOverEmpty = true;
+        this.emit({ type: "empty_registry_ignored", service: this.service, revision: next.revision, instances: this.snapshot.instances.length });
+      }
+      return this.snapshot;
+    }
+    this.servingOverEmpty = false;
     this.snapshot = next;
     this.emit({ type: "snapshot", service: this.service, revision: next.revision, instances: next.instances.length });
     for (const { key, reason } of next.skipped) {
