@@ -106,6 +106,20 @@ describe("an instance that answers with errors", () => {
     }
   });
 
+  it("keeps retries to a budget when the whole fleet fails", async () => {
+    const [a, b] = await instances("overloaded-service", [{ failWith: Code.Unavailable }, { failWith: Code.Unavailable }]);
+    const users = createPeerClient(UserService, balanced("overloaded-service"));
+    await users.getUser({ id: "warm" }).catch(() => {}); // read the registry first, so the 40 calls start together
+    const before = a!.calls + b!.calls;
+    const results = await Promise.allSettled(Array.from({ length: 40 }, () => users.getUser({ id: "1" })));
+    expect(results.every((r) => r.status === "rejected")).toBe(true);
+    const sent = a!.calls + b!.calls - before;
+    // unbounded, every call would be sent twice (80); the budget allows retries for 20 % of
+    // the calls in flight (48 here when all 40 failures arrive before any retry ends)
+    expect(sent).toBeGreaterThan(40);
+    expect(sent).toBeLessThan(60);
+  });
+
   it("does not retry errors that another peer would answer the same way", async () => {
     const [a, b] = await instances("invalid-service", [{ failWith: Code.InvalidArgument }, { failWith: Code.InvalidArgument }]);
     await rejection(createPeerClient(UserService, balanced("invalid-service")).getUser({ id: "1" }));

@@ -28,6 +28,7 @@ import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { Ejections } from "./ejections.js";
 import { classifyFailure } from "./failures.js";
+import { RetryBudget } from "./retry-budget.js";
 import { buildPeerSet, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
 
@@ -52,7 +53,8 @@ export interface BalancedTransportOptions {
    * Attempts per unary call, each on another peer (default 2; 1 turns retries off).
    * A call is sent again only when that cannot repeat a side effect: the peer
    * was not reached at all, or the method is marked idempotent and failed as
-   * Unavailable. Streams are not retried.
+   * Unavailable. Streams are not retried. Retries in flight are kept to 20 %
+   * of the calls in flight (at least 3), as Envoy's retry budget.
    */
   readonly maxAttempts?: number;
   /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
@@ -131,6 +133,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
   }
   const ejections = new Ejections(options.ejectionMs ?? 10_000);
+  const retryBudget = new RetryBudget();
   let peerSet: PeerSet | undefined;
   let closed = false;
 
@@ -226,35 +229,43 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       const values = contextValues ?? createContextValues();
       const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
       const tried = new Set<string>();
-      for (;;) {
-        // each attempt starts from the caller's headers, whatever interceptors added last time
-        const headers = new Headers(header);
-        const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
-        const call = await pickPeer(method, signal, remainingMs, headers, values, tried);
-        const { transport } = call.entry;
-        const { peer } = call.pick;
-        try {
-          const response =
-            interceptors.length === 0
-              ? await transport.unary(method, signal, remainingMs, headers, input, values)
-              : await intercept((req: UnaryRequest<I, O>) =>
-                  transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
-                )({
-                  ...requestCommon(method, peer, signal, headers, values),
-                  stream: false,
-                  method,
-                  message: create(method.input, input) as MessageShape<I>,
-                });
-          finish(call);
-          return { ...response, peer };
-        } catch (error) {
-          const failure = finish(call, error)!;
-          tried.add(peer.url);
-          const timeLeft = deadline === undefined || deadline - performance.now() > 0;
-          if (!failure.retryable || tried.size >= maxAttempts || signal?.aborted || !timeLeft || !hasUntried(tried)) {
-            throw failure.error;
+      let retries = 0;
+      retryBudget.callStarted();
+      try {
+        for (;;) {
+          // each attempt starts from the caller's headers, whatever interceptors added last time
+          const headers = new Headers(header);
+          const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
+          const call = await pickPeer(method, signal, remainingMs, headers, values, tried);
+          const { transport } = call.entry;
+          const { peer } = call.pick;
+          try {
+            const response =
+              interceptors.length === 0
+                ? await transport.unary(method, signal, remainingMs, headers, input, values)
+                : await intercept((req: UnaryRequest<I, O>) =>
+                    transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
+                  )({
+                    ...requestCommon(method, peer, signal, headers, values),
+                    stream: false,
+                    method,
+                    message: create(method.input, input) as MessageShape<I>,
+                  });
+            finish(call);
+            return { ...response, peer };
+          } catch (error) {
+            const failure = finish(call, error)!;
+            tried.add(peer.url);
+            const timeLeft = deadline === undefined || deadline - performance.now() > 0;
+            const worthRetrying = failure.retryable && tried.size < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
+            if (!worthRetrying || !retryBudget.tryRetry()) {
+              throw failure.error;
+            }
+            retries++;
           }
         }
+      } finally {
+        retryBudget.callEnded(retries);
       }
     },
 
