@@ -7,7 +7,7 @@ import { createClient, createContextValues, type Transport } from "@connectrpc/c
 import { create } from "@bufbuild/protobuf";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
-import { createBalancedTransport, leastRequest, p2c, random, roundRobin, staticDiscovery, weightedRoundRobin, type Peer } from "../src/index.js";
+import { createBalancedTransport, leastRequest, p2c, random, ringHash, roundRobin, staticDiscovery, weightedRoundRobin, type Peer } from "../src/index.js";
 import { decodeSnapshot } from "../src/discovery/decode.js";
 import { resolveFormat } from "../src/registry/format.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
@@ -162,12 +162,12 @@ function report(title: string, results: Record<string, number>, baseline?: strin
         value: JSON.stringify({ id: `${i}`, name: "svc", version: "v1", metadata: { weight: "100" }, endpoints: [`grpc://10.0.${i >> 8}.${i & 255}:9000`] }),
       })),
     );
-  const request = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues() };
+  const request = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues(), attempt: 0 };
   const ok = {};
   const candidates: Record<string, (n: number) => void> = {};
   for (const count of [3, 1000]) {
     const peers: readonly Peer[] = buildPeerSet(snapshotOf(count), ["grpc"], roundRobin(), "bench").peers;
-    const policies = [["round_robin", roundRobin()], ["random", random()], ["weighted_round_robin", weightedRoundRobin()], ["least_request", leastRequest()], ["p2c", p2c()]] as const;
+    const policies = [["round_robin", roundRobin()], ["random", random()], ["weighted_round_robin", weightedRoundRobin()], ["least_request", leastRequest()], ["p2c", p2c()], ["ring_hash (keyed)", ringHash({ key: () => "user-42" })]] as const;
     for (const [name, balancer] of policies) {
       const pick = balancer.build(peers);
       candidates[`${name}, ${count} peers`] = (n) => {

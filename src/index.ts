@@ -26,6 +26,8 @@ export { weightedRoundRobin } from "./balancer/weighted-round-robin.js";
 export { leastRequest } from "./balancer/least-request.js";
 export { p2c } from "./balancer/p2c.js";
 export type { P2cOptions } from "./balancer/p2c.js";
+export { ringHash, hashKey } from "./balancer/ring-hash.js";
+export type { RingHashOptions } from "./balancer/ring-hash.js";
 export type { BalancerName } from "./balancer/index.js";
 export type { Balancer, Picker, Pick, PickRequest, DoneFunc, CallResult } from "./balancer/balancer.js";
 export type { BalancerEvent, EventListener } from "./events.js";

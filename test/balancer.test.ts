@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { createContextValues } from "@connectrpc/connect";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { leastRequest, p2c, random, roundRobin, weightedRoundRobin, type Peer, type PickRequest } from "../src/index.js";
+import { hashKey, leastRequest, p2c, random, ringHash, roundRobin, weightedRoundRobin, type Peer, type PickRequest } from "../src/index.js";
 import { sleep } from "./helpers.js";
 import { createPeer } from "../src/peer.js";
 import { parseEndpoint, type Endpoint } from "../src/registry/endpoint.js";
@@ -15,7 +15,7 @@ function peer(n: number, metadata: Record<string, string> = {}): Peer {
   );
 }
 const peers: Peer[] = [1, 2, 3, 4].map((n) => peer(n));
-const request: PickRequest = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues() };
+const request: PickRequest = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues(), attempt: 0 };
 
 function counts(pick: () => Peer, calls: number): number[] {
   const seen = new Map<Peer, number>();
@@ -134,5 +134,55 @@ describe("p2c (peak EWMA)", () => {
     await sleep(50); // ten time constants
     const counts = warm(picker, () => 10, 200);
     expect(counts.get("1") ?? 0).toBeGreaterThan(50);
+  });
+});
+
+describe("ring_hash", () => {
+  const keyed = (key: string, attempt = 0): PickRequest => {
+    const contextValues = createContextValues();
+    contextValues.set(hashKey, key);
+    return { ...request, contextValues, attempt };
+  };
+  const keys = Array.from({ length: 2000 }, (_, i) => `user-${i}`);
+
+  it("sends a key to the same peer every time and spreads keys over all peers", () => {
+    const picker = ringHash().build(peers);
+    const owner = new Map(keys.map((k) => [k, picker(keyed(k)).peer]));
+    for (const k of keys.slice(0, 100)) {
+      expect(picker(keyed(k)).peer).toBe(owner.get(k));
+    }
+    for (const p of peers) {
+      const share = keys.filter((k) => owner.get(k) === p).length / keys.length;
+      expect(share).toBeGreaterThan(0.15); // 0.25 each on average
+      expect(share).toBeLessThan(0.35);
+    }
+  });
+
+  it("moves only the keys of a peer that leaves, and follows weights", () => {
+    const balancer = ringHash();
+    const before = balancer.build(peers);
+    const after = balancer.build(peers.slice(1));
+    for (const k of keys) {
+      const was = before(keyed(k)).peer;
+      if (was !== peers[0]) {
+        expect(after(keyed(k)).peer).toBe(was);
+      }
+    }
+    const weighted = ringHash().build([peer(1, { weight: "300" }), peer(2)]);
+    const heavy = keys.filter((k) => weighted(keyed(k)).peer.id === "1").length / keys.length;
+    expect(heavy).toBeGreaterThan(0.65); // 0.75 expected
+    expect(heavy).toBeLessThan(0.85);
+  });
+
+  it("gives the next peer clockwise on a re-pick, and a random peer without a key", () => {
+    const picker = ringHash().build(peers);
+    for (const k of keys.slice(0, 200)) {
+      const first = picker(keyed(k, 0)).peer;
+      const second = picker(keyed(k, 1)).peer;
+      const third = picker(keyed(k, 2)).peer;
+      expect(new Set([first, second, third]).size).toBe(3);
+    }
+    const unkeyed = new Set(Array.from({ length: 200 }, () => picker(request).peer));
+    expect(unkeyed.size).toBe(4);
   });
 });

@@ -135,7 +135,7 @@ describe("a typed client over etcd-discovered kratos instances", () => {
 });
 
 describe("the built-in balancers by name", () => {
-  for (const balancer of ["round_robin", "random", "weighted_round_robin", "least_request", "p2c"] as const) {
+  for (const balancer of ["round_robin", "random", "weighted_round_robin", "least_request", "p2c", "ring_hash"] as const) {
     it(`${balancer} serves every call and reports the peer that answered`, async () => {
       const users = createPeerClient(UserService, balanced({ balancer }));
       const results = await Promise.all(Array.from({ length: 12 }, (_, i) => users.getUser({ id: String(i) })));

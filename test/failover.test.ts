@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createContextValues } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
-import { createBalancedTransport, createPeerClient, etcdDiscovery, peerKey, type BalancedTransport } from "../src/index.js";
+import { createBalancedTransport, createPeerClient, etcdDiscovery, hashKey, peerKey, type BalancedTransport } from "../src/index.js";
 import { fetchTransport } from "../src/fetch/index.js";
 import { startEtcd, type EtcdServer } from "../support/etcd.js";
 import { registerKratos } from "../support/registry.js";
@@ -88,6 +88,28 @@ describe("an instance that crashed but is still registered", () => {
       expect((await users.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
     }
     expect(recorder.events.filter((e) => e.type === "peer_ejected").map((e) => e.type === "peer_ejected" && e.address)).toEqual([dead!.address]);
+  });
+});
+
+describe("ring_hash over real servers", () => {
+  it("keeps a key on one instance, and moves it to the next one on the ring when that instance dies", async () => {
+    const started = await instances("sticky-service", [{}, {}, {}]);
+    const users = createPeerClient(UserService, balanced("sticky-service", { balancer: "ring_hash" }));
+    const callAs = async (user: string) => {
+      const contextValues = createContextValues();
+      contextValues.set(hashKey, user);
+      return (await users.getUser({ id: user }, { contextValues })).message.servedBy;
+    };
+    const owner = await callAs("alice");
+    for (let i = 0; i < 5; i++) {
+      expect(await callAs("alice")).toBe(owner);
+    }
+    await started.find((s) => s.address === owner)!.stop();
+    const successor = await callAs("alice"); // the retry walks the ring
+    expect(successor).not.toBe(owner);
+    for (let i = 0; i < 5; i++) {
+      expect(await callAs("alice")).toBe(successor); // the owner is ejected: the successor keeps the key
+    }
   });
 });
 

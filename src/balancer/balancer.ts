@@ -7,6 +7,12 @@ export interface PickRequest {
   readonly method: DescMethod;
   readonly header: Headers;
   readonly contextValues: ContextValues;
+  /**
+   * 0 for the first pick of a call; 1, 2, … when the transport asks again
+   * because the peer picked was ejected or already tried by this call. A
+   * deterministic policy (ring_hash) moves on to its next candidate.
+   */
+  readonly attempt: number;
 }
 
 /** How a call ended, as told to the policy that picked its peer. */

@@ -3,6 +3,7 @@ import type { Balancer } from "./balancer.js";
 import { leastRequest } from "./least-request.js";
 import { p2c } from "./p2c.js";
 import { random } from "./random.js";
+import { ringHash } from "./ring-hash.js";
 import { roundRobin } from "./round-robin.js";
 import { weightedRoundRobin } from "./weighted-round-robin.js";
 
@@ -13,6 +14,7 @@ const builtIn = {
   weighted_round_robin: weightedRoundRobin,
   least_request: leastRequest,
   p2c: () => p2c(),
+  ring_hash: () => ringHash(),
 } satisfies Record<string, () => Balancer>;
 
 export type BalancerName = keyof typeof builtIn;

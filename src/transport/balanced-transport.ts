@@ -103,6 +103,8 @@ export interface BalancedTransport extends Transport {
 }
 
 const succeeded: CallResult = Object.freeze({});
+/** Ends a pick that was passed over before any call went out. */
+const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: ejected or already tried", Code.Canceled) });
 const noneTried: ReadonlySet<string> = new Set();
 
 /** One attempt of a call on one peer. */
@@ -173,11 +175,11 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     tried: ReadonlySet<string> = noneTried,
   ): Promise<Attempt> {
     const set = await usablePeers(signal, timeoutMs);
-    const request = { method, header, contextValues };
     const now = performance.now();
-    let pick = set.pick(request);
-    for (let i = 1; i < set.peers.length && (tried.has(pick.peer.url) || ejections.isEjected(pick.peer, now)); i++) {
-      pick = set.pick(request);
+    let pick = set.pick({ method, header, contextValues, attempt: 0 });
+    for (let attempt = 1; attempt < set.peers.length && (tried.has(pick.peer.url) || ejections.isEjected(pick.peer, now)); attempt++) {
+      pick.done?.(skipped, 0);
+      pick = set.pick({ method, header, contextValues, attempt });
     }
     contextValues.set(peerKey, pick.peer);
     return { method, pick, entry: pool.acquire(pick.peer), started: now };

@@ -2,7 +2,7 @@ import { Code, type ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 
-/** System error codes raised before a request could reach the peer at all. */
+/** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
 const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
 
 /** How a failed call relates to the peer it was sent to. */
@@ -16,7 +16,13 @@ export interface FailureKind {
 const ordinary: FailureKind = { unreachable: false, retryable: false };
 
 export function classifyFailure(error: ConnectError, method: DescMethod): FailureKind {
-  const neverSent = causes(error).some((cause) => notConnectedCodes.has(String((cause as { code?: unknown }).code)));
+  const neverSent = causes(error).some(
+    (cause) =>
+      notConnectedCodes.has(String((cause as { code?: unknown }).code)) ||
+      // HTTP/2 REFUSED_STREAM: the server guarantees it did not process the request
+      // (RFC 9113 §8.7) — what an instance that is shutting down answers on an open connection.
+      String((cause as { message?: unknown }).message).includes("NGHTTP2_REFUSED_STREAM"),
+  );
   // fetch reports every network failure as a TypeError, without saying whether the request left.
   const fetchNetworkFailure = error.code === Code.Unknown && causes(error).some((cause) => cause instanceof TypeError);
   if (neverSent) {
