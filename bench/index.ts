@@ -144,7 +144,8 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     );
     latencies.sort((a, b) => a - b);
     const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!.toFixed(1);
-    console.log(`  ${balancer.padEnd(16)} p50 ${at(0.5).padStart(5)} ms   p99 ${at(0.99).padStart(5)} ms   calls to the slow one ${((100 * toSlow) / latencies.length).toFixed(1).padStart(4)} %`);
+    const mean = (latencies.reduce((sum, l) => sum + l, 0) / latencies.length).toFixed(1);
+    console.log(`  ${balancer.padEnd(16)} mean ${mean.padStart(5)} ms   p50 ${at(0.5).padStart(5)} ms   p99 ${at(0.99).padStart(5)} ms   calls to the slow one ${((100 * toSlow) / latencies.length).toFixed(1).padStart(4)} %`);
     await transport.close();
   }
 }

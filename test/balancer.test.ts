@@ -127,6 +127,26 @@ describe("p2c (peak EWMA)", () => {
     expect(counts.get("2")! / 200).toBeGreaterThan(0.3);
   });
 
+  it("avoids a peer whose calls have been waiting long, before any of them answers", async () => {
+    const [a, b] = peers;
+    const picker = p2c().build([a!, b!]);
+    warm(picker, () => 10, 50);
+    const pickHeld = (target: Peer) => {
+      for (;;) {
+        const pick = picker(request);
+        if (pick.peer === target) {
+          return pick;
+        }
+        pick.done?.({}, 10);
+      }
+    };
+    pickHeld(a!); // a call to a that does not answer
+    await sleep(40);
+    pickHeld(b!); // and a fresh one to b: both have one call in flight
+    const counts = warm(picker, () => 10, 100);
+    expect(counts.get(b!.id)).toBe(100);
+  });
+
   it("forgives a slow sample as faster ones arrive over time", async () => {
     const picker = p2c({ decayMs: 5 }).build(peers.slice(0, 2));
     warm(picker, (p) => (p.id === "1" ? 1_000 : 10), 20);

@@ -11,9 +11,11 @@ export interface P2cOptions {
  * Power of two choices over peak-EWMA latency (Finagle, Linkerd): of two peers
  * chosen at random, the one with the lower cost = latency × (calls in flight + 1).
  * The latency jumps up to a slower sample at once and decays toward faster
- * ones with time. Unlike kratos' p2c, a new peer is not starved (it starts at
- * the average of the measured peers), a registry update resets nothing, and a
- * call the caller cancelled says nothing about the peer.
+ * ones with time; calls still waiting on a peer count as at least their age,
+ * so a peer that stopped answering is avoided before any of them returns.
+ * Unlike kratos' p2c, a new peer is not starved (it starts at the average of
+ * the measured peers), a registry update resets nothing, and a call the
+ * caller cancelled says nothing about the peer.
  */
 export function p2c(options: P2cOptions = {}): Balancer {
   const decayMs = options.decayMs ?? 10_000;
@@ -28,10 +30,12 @@ export function p2c(options: P2cOptions = {}): Balancer {
         const i = cost(peerStats, b, now, decayMs) < cost(peerStats, a, now, decayMs) ? b : a;
         const chosen = peerStats[i]!;
         chosen.inflight++;
+        chosen.startedSum += now;
         return {
           peer: peers[i]!,
           done: (result, latencyMs) => {
             chosen.inflight--;
+            chosen.startedSum -= now;
             if (result.error?.code === Code.Canceled) {
               return;
             }
@@ -46,7 +50,11 @@ export function p2c(options: P2cOptions = {}): Balancer {
 }
 
 function cost(all: readonly PeerStats[], i: number, now: number, decayMs: number): number {
-  return (latency(all[i]!, now, decayMs) ?? averageLatency(all, now, decayMs)) * (all[i]!.inflight + 1);
+  const stats = all[i]!;
+  const estimate = latency(stats, now, decayMs) ?? averageLatency(all, now, decayMs);
+  // Calls still waiting on the peer show it is at least this slow, before any of them answers.
+  const waiting = stats.inflight === 0 ? 0 : now - stats.startedSum / stats.inflight;
+  return Math.max(estimate, waiting) * (stats.inflight + 1);
 }
 
 /**
