@@ -63,9 +63,32 @@ describe("an instance that crashed but is still registered", () => {
       const write = await users.updateUser({ id: String(i), name: "n" });
       served.push(read.message.servedBy, write.message.servedBy);
     }
-    expect(countBy(served)).toEqual({ [live[0]!.address]: 20, [live[1]!.address]: 20 });
+    for (let i = 0; i < 6; i++) {
+      const stream = await users.listUsers({ count: 2 }); // server streams too, until the response starts
+      for await (const message of stream.message) {
+        expect(message.servedBy).toBe(stream.peer.address);
+        served.push(message.servedBy);
+      }
+    }
+    expect(countBy(served)).toEqual({ [live[0]!.address]: 26, [live[1]!.address]: 26 });
     const ejected = recorder.events.filter((e) => e.type === "peer_ejected");
     expect(ejected).toEqual([expect.objectContaining({ address: dead!.address, forMs: 10_000 })]);
+  });
+
+  it("gets server streams resent before their response starts", async () => {
+    const [dead, live] = await instances("stream-crash-service", [{}, {}]);
+    await dead!.stop();
+    // no ejection: every other stream is first sent to the dead instance
+    const users = createPeerClient(UserService, balanced("stream-crash-service", { ejectionMs: 0, onEvent: () => {} }));
+    for (let i = 0; i < 6; i++) {
+      const stream = await users.listUsers({ count: 3 });
+      const servedBy = [];
+      for await (const message of stream.message) {
+        servedBy.push(message.servedBy);
+      }
+      expect(stream.peer.address).toBe(live!.address);
+      expect(servedBy).toEqual([live!.address, live!.address, live!.address]);
+    }
   });
 
   it("fails the call when retries are turned off, naming the dead peer", async () => {

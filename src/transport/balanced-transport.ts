@@ -10,6 +10,7 @@ import {
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import {
   create,
   type DescMessage,
@@ -50,11 +51,13 @@ export interface BalancedTransportOptions {
   /** Run once per call after the pick, around the peer's transport; `req.contextValues.get(peerKey)` is set. */
   readonly interceptors?: readonly Interceptor[];
   /**
-   * Attempts per unary call, each on another peer (default 2; 1 turns retries off).
+   * Attempts per call, each on another peer (default 2; 1 turns retries off).
    * A call is sent again only when that cannot repeat a side effect: the peer
    * was not reached at all, or the method is marked idempotent and failed as
-   * Unavailable. Streams are not retried. Retries in flight are kept to 20 %
-   * of the calls in flight (at least 3), as Envoy's retry budget.
+   * Unavailable. Unary and server-streaming calls are retried (the latter until
+   * the response starts); client and bidi streams are read once and never are.
+   * Retries in flight are kept to 20 % of the calls in flight (at least 3), as
+   * Envoy's retry budget.
    */
   readonly maxAttempts?: number;
   /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
@@ -213,6 +216,49 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     return peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url));
   }
 
+  /**
+   * Sends a call, and sends it again to another peer while that is safe and
+   * allowed (maxAttempts, the call's deadline, the retry budget), until a peer
+   * answers. The attempt that answered is returned still open: finish() it.
+   */
+  async function untilResponse<R>(
+    method: DescMethod,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: HeadersInit | undefined,
+    values: ContextValues,
+    resendable: boolean,
+    send: (transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined) => Promise<R>,
+  ): Promise<{ response: R; attempt: Attempt }> {
+    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
+    const tried = new Set<string>();
+    let retries = 0;
+    retryBudget.callStarted();
+    try {
+      for (;;) {
+        // each attempt starts from the caller's headers, whatever interceptors added last time
+        const headers = new Headers(header);
+        const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
+        const attempt = await pickPeer(method, signal, remainingMs, headers, values, tried);
+        try {
+          return { response: await send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
+        } catch (error) {
+          const failure = finish(attempt, error)!;
+          tried.add(attempt.pick.peer.url);
+          const timeLeft = deadline === undefined || deadline - performance.now() > 0;
+          const worthRetrying =
+            resendable && failure.retryable && tried.size < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
+          if (!worthRetrying || !retryBudget.tryRetry()) {
+            throw failure.error;
+          }
+          retries++;
+        }
+      }
+    } finally {
+      retryBudget.callEnded(retries);
+    }
+  }
+
   function intercept<T>(next: T): T {
     return interceptors.reduceRight<unknown>((inner, interceptor) => interceptor(inner as never), next) as T;
   }
@@ -229,46 +275,20 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       contextValues?: ContextValues,
     ): Promise<PeerUnaryResponse<I, O>> {
       const values = contextValues ?? createContextValues();
-      const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
-      const tried = new Set<string>();
-      let retries = 0;
-      retryBudget.callStarted();
-      try {
-        for (;;) {
-          // each attempt starts from the caller's headers, whatever interceptors added last time
-          const headers = new Headers(header);
-          const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
-          const call = await pickPeer(method, signal, remainingMs, headers, values, tried);
-          const { transport } = call.entry;
-          const { peer } = call.pick;
-          try {
-            const response =
-              interceptors.length === 0
-                ? await transport.unary(method, signal, remainingMs, headers, input, values)
-                : await intercept((req: UnaryRequest<I, O>) =>
-                    transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
-                  )({
-                    ...requestCommon(method, peer, signal, headers, values),
-                    stream: false,
-                    method,
-                    message: create(method.input, input) as MessageShape<I>,
-                  });
-            finish(call);
-            return { ...response, peer };
-          } catch (error) {
-            const failure = finish(call, error)!;
-            tried.add(peer.url);
-            const timeLeft = deadline === undefined || deadline - performance.now() > 0;
-            const worthRetrying = failure.retryable && tried.size < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
-            if (!worthRetrying || !retryBudget.tryRetry()) {
-              throw failure.error;
-            }
-            retries++;
-          }
-        }
-      } finally {
-        retryBudget.callEnded(retries);
-      }
+      const { response, attempt } = await untilResponse(method, signal, timeoutMs, header, values, true, (transport, peer, headers, remainingMs) =>
+        interceptors.length === 0
+          ? transport.unary(method, signal, remainingMs, headers, input, values)
+          : intercept((req: UnaryRequest<I, O>) =>
+              transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
+            )({
+              ...requestCommon(method, peer, signal, headers, values),
+              stream: false,
+              method,
+              message: create(method.input, input) as MessageShape<I>,
+            }),
+      );
+      finish(attempt);
+      return { ...response, peer: attempt.pick.peer };
     },
 
     async stream<I extends DescMessage, O extends DescMessage>(
@@ -280,34 +300,32 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       contextValues?: ContextValues,
     ): Promise<PeerStreamResponse<I, O>> {
       const values = contextValues ?? createContextValues();
-      const headers = new Headers(header);
-      const call = await pickPeer(method, signal, timeoutMs, headers, values);
-      const { transport } = call.entry;
-      let response: StreamResponse<I, O>;
-      try {
-        response =
-          interceptors.length === 0
-            ? await transport.stream(method, signal, timeoutMs, headers, input, values)
-            : await intercept((req: StreamRequest<I, O>) =>
-                transport.stream(req.method, req.signal, timeoutMs, req.header, req.message, req.contextValues),
-              )({
-                ...requestCommon(method, call.pick.peer, signal, headers, values),
-                stream: true,
-                method,
-                message: input as AsyncIterable<MessageShape<I>>,
-              });
-      } catch (error) {
-        throw finish(call, error)!.error;
-      }
+      // A server-streaming call has one request message: read it first, and the
+      // call can be sent again until the response starts. Other streams are read once.
+      const resendable = method.methodKind === "server_streaming";
+      const messages = resendable ? await collect(input) : undefined;
+      const { response, attempt } = await untilResponse(method, signal, timeoutMs, header, values, resendable, (transport, peer, headers, remainingMs) => {
+        const body = messages === undefined ? input : createAsyncIterable(messages);
+        return interceptors.length === 0
+          ? transport.stream(method, signal, remainingMs, headers, body, values)
+          : intercept((req: StreamRequest<I, O>) =>
+              transport.stream(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
+            )({
+              ...requestCommon(method, peer, signal, headers, values),
+              stream: true,
+              method,
+              message: body as AsyncIterable<MessageShape<I>>,
+            });
+      });
       let ended = false;
       const end = (error?: unknown) => {
         if (!ended) {
           ended = true;
-          return finish(call, error)?.error;
+          return finish(attempt, error)?.error;
         }
         return undefined;
       };
-      return { ...response, peer: call.pick.peer, message: trackStream(response.message, end) };
+      return { ...response, peer: attempt.pick.peer, message: trackStream(response.message, end) };
     },
 
     async peers(options) {
@@ -338,6 +356,14 @@ function requestCommon(method: DescMethod, peer: Peer, signal: AbortSignal | und
     header,
     contextValues,
   };
+}
+
+async function collect<T>(messages: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const message of messages) {
+    all.push(message);
+  }
+  return all;
 }
 
 /** Ends the call when the response stream ends, fails, or the caller stops reading it. */
