@@ -234,6 +234,20 @@ describe("kratos registry entries", () => {
     ]);
   });
 
+  it("calls only the instances the filter accepts, and says so when it accepts none", async () => {
+    const [v1, v2, v2eu] = [await server(), await server(), await server()];
+    for (const [id, s, version, zone] of [["a", v1, "v1", "us"], ["b", v2, "v2", "us"], ["c", v2eu, "v2", "eu"]] as const) {
+      await registerKratos(etcd.endpoint, { id, name: "versioned-service", version, metadata: { zone }, endpoints: [`grpc://${s.address}`] });
+    }
+    const v2only = balanced("versioned-service", {}, { filter: (peer) => peer.version === "v2" });
+    expect(new Set(await servedBy(v2only, 6))).toEqual(new Set([v2.address, v2eu.address]));
+    const euV2 = balanced("versioned-service", {}, { filter: (peer) => peer.version === "v2" && peer.metadata["zone"] === "eu" });
+    expect(await servedBy(euV2, 3)).toEqual([v2eu.address, v2eu.address, v2eu.address]);
+    const error = await rejection(balanced("versioned-service", {}, { filter: (peer) => peer.version === "v3" }).peers());
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.message).toContain("the filter option accepts none of them (versions: v1, v2)");
+  });
+
   it("dials the Connect protocol over HTTP/1.1 when the transport asks for http endpoints", async () => {
     const h1 = await server({ httpVersion: "1.1" });
     const h2 = await server();

@@ -30,7 +30,7 @@ import type { EndpointScheme } from "../registry/endpoint.js";
 import { Ejections } from "./ejections.js";
 import { classifyFailure } from "./failures.js";
 import { RetryBudget } from "./retry-budget.js";
-import { buildPeerSet, type PeerSet } from "./peer-set.js";
+import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
 
 export interface BalancedTransportOptions {
@@ -44,7 +44,12 @@ export interface BalancedTransportOptions {
    * after the peer leaves the registry and on close().
    */
   readonly transport: PeerTransportFactory;
-  /** "round_robin" (default), "random", or a Balancer object. */
+  /**
+   * Which instances this transport may call, e.g. `(peer) => peer.version === "v2"`
+   * or `(peer) => peer.metadata.zone === "eu-1"`; applied once per registry change.
+   */
+  readonly filter?: PeerFilter;
+  /** "round_robin" (default), "random", "weighted_round_robin", "least_request", "p2c", "ring_hash", or a Balancer object. */
   readonly balancer?: BalancerName | Balancer;
   /** Registered endpoint schemes this transport can dial, in order of preference within an instance (default grpc, grpcs). */
   readonly schemes?: readonly EndpointScheme[];
@@ -148,7 +153,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const snapshot = cache.peek(options.waitUntil) ?? (await cache.load(signal, timeoutMs));
     assertOpen();
     if (peerSet?.snapshot !== snapshot) {
-      peerSet = buildPeerSet(snapshot, schemes, balancer, where);
+      peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where);
       pool.retain(peerSet.peers);
       ejections.retain(peerSet.peers);
     }
