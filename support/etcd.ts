@@ -10,8 +10,12 @@ export interface EtcdServer {
   readonly endpoint: string;
   /** How many Range requests etcd has served, read from its own /metrics. */
   rangeCount(): Promise<number>;
+  /** How many watchers are open on etcd now, from its own /metrics. */
+  watcherCount(): Promise<number>;
   /** Stops the process and removes its data directory. */
   stop(): Promise<void>;
+  /** Stops the process and starts it again on the same ports and data. */
+  restart(): Promise<void>;
 }
 
 /** A port the kernel just handed out and released; etcd binds it right after. */
@@ -29,25 +33,28 @@ export async function startEtcd(): Promise<EtcdServer> {
   const peerPort = await freePort();
   const endpoint = `http://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
-  const child = spawn(
-    process.env["ETCD_BIN"] ?? "etcd",
-    [
-      "--name", "default",
-      "--data-dir", join(dataDir, "data"),
-      "--listen-client-urls", endpoint,
-      "--advertise-client-urls", endpoint,
-      "--listen-peer-urls", peerUrl,
-      "--initial-advertise-peer-urls", peerUrl,
-      "--initial-cluster", `default=${peerUrl}`,
-    ],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
+  const args = [
+    "--name", "default",
+    "--data-dir", join(dataDir, "data"),
+    "--listen-client-urls", endpoint,
+    "--advertise-client-urls", endpoint,
+    "--listen-peer-urls", peerUrl,
+    "--initial-advertise-peer-urls", peerUrl,
+    "--initial-cluster", `default=${peerUrl}`,
+  ];
+  let child: ChildProcess | undefined;
+  const run = async () => {
+    child = spawn(process.env["ETCD_BIN"] ?? "etcd", args, { stdio: ["ignore", "ignore", "pipe"] });
+    await waitForOutput(child, "ready to serve client requests", 30_000);
+  };
   const stop = async () => {
-    await stopProcess(child);
+    if (child !== undefined) {
+      await stopProcess(child);
+    }
     await rm(dataDir, { recursive: true, force: true });
   };
   try {
-    await waitForOutput(child, "ready to serve client requests", 30_000);
+    await run();
   } catch (error) {
     await stop();
     throw error;
@@ -55,15 +62,22 @@ export async function startEtcd(): Promise<EtcdServer> {
   return {
     endpoint,
     stop,
-    async rangeCount() {
-      const text = await (await fetch(`${endpoint}/metrics`)).text();
-      const line = /^grpc_server_started_total\{grpc_method="Range",[^}]*\} (\d+)$/m.exec(text);
-      if (!line) {
-        throw new Error("etcd /metrics has no Range counter");
-      }
-      return Number(line[1]);
+    async restart() {
+      await stopProcess(child!);
+      await run();
     },
+    rangeCount: () => metric(endpoint, /^grpc_server_started_total\{grpc_method="Range",[^}]*\} (\d+)$/m),
+    watcherCount: () => metric(endpoint, /^etcd_debugging_mvcc_watcher_total (\d+)$/m),
   };
+}
+
+async function metric(endpoint: string, pattern: RegExp): Promise<number> {
+  const text = await (await fetch(`${endpoint}/metrics`)).text();
+  const match = pattern.exec(text);
+  if (!match) {
+    throw new Error(`etcd /metrics has no line matching ${pattern}`);
+  }
+  return Number(match[1]);
 }
 
 function waitForOutput(child: ChildProcess, needle: string, timeoutMs: number): Promise<void> {

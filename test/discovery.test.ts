@@ -124,6 +124,53 @@ describe("the snapshot cache", () => {
     expect((await pending).map((p) => p.address)).toEqual([a.address]);
   });
 
+  it("with watch, sees registry changes at once without any call, and stops watching on close()", async () => {
+    const [a, b] = [await server(), await server()];
+    await register("watched-service", "a", [`grpc://${a.address}`]);
+    const recorder = eventRecorder();
+    const watchersBefore = await etcd.watcherCount();
+    const transport = balanced("watched-service", { ttlMs: 3_600_000, watch: true }, { onEvent: recorder.onEvent });
+    expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
+
+    const added = recorder.next("snapshot");
+    const registration = await register("watched-service", "b", [`grpc://${b.address}`]);
+    expect((await added).instances).toBe(2);
+    expect(new Set(await servedBy(transport, 4))).toEqual(new Set([a.address, b.address]));
+
+    const removed = recorder.next("snapshot");
+    await registration.deregister();
+    expect((await removed).instances).toBe(1);
+    expect(await servedBy(transport, 2)).toEqual([a.address, a.address]);
+    expect(await etcd.watcherCount()).toBe(watchersBefore + 1);
+
+    await transport.close();
+    // etcd notices the closed stream on its own schedule: poll its gauge, bounded
+    for (let i = 0; i < 100 && (await etcd.watcherCount()) !== watchersBefore; i++) {
+      await sleep(20);
+    }
+    expect(await etcd.watcherCount()).toBe(watchersBefore);
+  });
+
+  it("with watch, follows the registry again after etcd restarts", async () => {
+    const own = await startEtcd();
+    try {
+      const [a, b] = [await server(), await server()];
+      await registerKratos(own.endpoint, { id: "a", name: "restart-service", version: "v1", metadata: null, endpoints: [`grpc://${a.address}`] });
+      const recorder = eventRecorder();
+      const transport = balanced("restart-service", { endpoints: [own.endpoint], ttlMs: 3_600_000, watch: true }, { onEvent: recorder.onEvent });
+      expect(await servedBy(transport, 1)).toEqual([a.address]);
+      const broken = recorder.next("discovery_failed");
+      await own.restart();
+      expect((await broken).serving).toBe(true);
+      const added = recorder.next("snapshot");
+      await registerKratos(own.endpoint, { id: "b", name: "restart-service", version: "v1", metadata: null, endpoints: [`grpc://${b.address}`] });
+      expect((await added).instances).toBe(2);
+      await transport.close();
+    } finally {
+      await own.stop();
+    }
+  });
+
   it("hands the background refresh to waitUntil, once per refresh", async () => {
     const a = await server();
     await register("wait-service", "a", [`grpc://${a.address}`]);

@@ -19,6 +19,8 @@ export interface SnapshotCache {
 
 /** After a failed refresh, the stale snapshot serves for at most this long before etcd is asked again. */
 const retryAfterFailureMs = 1_000;
+/** Longest wait before watching again after the watch broke. */
+const maxWatchBackoffMs = 30_000;
 
 /** One per (discovery key, service) in the whole process: warm serverless invocations reuse it. */
 const shared = new Map<string, SharedSnapshot>();
@@ -33,6 +35,7 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
   const cache = entry;
   const holder = { listener };
   cache.holders.add(holder);
+  cache.keepWatching();
   let released = false;
   return {
     peek: (waitUntil) => cache.peek(waitUntil),
@@ -59,6 +62,10 @@ class SharedSnapshot {
   /** The registry read empty and the last instances keep serving. */
   private servingOverEmpty = false;
   private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
+  /** A change was seen while a read was in flight: read again once it ends. */
+  private readAgain = false;
+  /** The running watch, when the discovery can watch. */
+  private watching: AbortController | undefined;
 
   constructor(
     private readonly discovery: Discovery,
@@ -90,6 +97,10 @@ class SharedSnapshot {
         if (this.inflight?.promise === promise) {
           this.inflight = undefined;
         }
+        if (this.readAgain) {
+          this.readAgain = false;
+          this.refresh().catch(() => {}); // reported as a discovery_failed event
+        }
       });
     this.inflight = { promise, controller };
     return promise;
@@ -98,8 +109,45 @@ class SharedSnapshot {
   release(holder: { readonly listener: EventListener }): void {
     this.holders.delete(holder);
     if (this.holders.size === 0) {
-      // Nobody waits for the read any more: don't let it hold the process open.
+      // Nobody waits for the read any more: don't let it or the watch hold the process open.
       this.inflight?.controller.abort(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
+      this.watching?.abort();
+      this.watching = undefined;
+    }
+  }
+
+  /** Starts following changes once there is a snapshot to follow, if the discovery can watch. */
+  keepWatching(): void {
+    if (this.discovery.watch === undefined || this.watching !== undefined || this.snapshot === undefined || this.holders.size === 0) {
+      return;
+    }
+    const controller = new AbortController();
+    this.watching = controller;
+    void this.watchLoop(this.discovery.watch.bind(this.discovery), controller.signal);
+  }
+
+  private async watchLoop(watch: NonNullable<Discovery["watch"]>, signal: AbortSignal): Promise<void> {
+    for (let failures = 0; !signal.aborted; ) {
+      try {
+        await watch(this.service, this.revision, signal, () => this.changed());
+      } catch (error) {
+        failures++;
+        this.fail(error);
+        this.changed(); // catch up on whatever the broken watch missed
+        await pause(Math.min(maxWatchBackoffMs, 250 * 2 ** failures), signal);
+        continue;
+      }
+      failures = 0;
+    }
+  }
+
+  /** The registry changed: read it now, or right after the read in flight. */
+  private changed(): void {
+    this.freshUntil = 0;
+    if (this.inflight !== undefined) {
+      this.readAgain = true;
+    } else {
+      this.refresh().catch(() => {}); // reported as a discovery_failed event
     }
   }
 
@@ -123,6 +171,7 @@ class SharedSnapshot {
     }
     this.servingOverEmpty = false;
     this.snapshot = next;
+    this.keepWatching();
     this.emit({ type: "snapshot", service: this.service, revision: next.revision, instances: next.instances.length });
     for (const { key, reason } of next.skipped) {
       this.emit({ type: "entry_skipped", service: this.service, key, reason });
@@ -156,6 +205,19 @@ class SharedSnapshot {
       }
     }
   }
+}
+
+/** Resolves after ms, or at once when the signal aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
 }
 
 function sameContent(a: Snapshot, b: Snapshot): boolean {

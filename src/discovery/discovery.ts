@@ -24,4 +24,10 @@ export interface Discovery {
   describe(service: string): string;
   /** Reads the current instances of a service. Rejects with a ConnectError. */
   load(service: string, signal: AbortSignal): Promise<Snapshot>;
+  /**
+   * Optional: follows changes after `afterRevision`, calling `onChange` when
+   * the service's entries change, until the signal aborts (resolves) or the
+   * watch breaks (rejects). The cache then reads the new snapshot with load().
+   */
+  watch?(service: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void>;
 }

@@ -24,6 +24,13 @@ export interface EtcdGateway {
   readonly endpoints: readonly string[];
   /** Reads every key under a prefix; tries each endpoint in turn, starting with the last that answered. */
   rangePrefix(prefix: string, signal: AbortSignal): Promise<RangeResult>;
+  /**
+   * Watches a prefix from the revision after `afterRevision` on the endpoint
+   * that answered last, calling `onChange` for every batch of events, until
+   * the signal aborts (resolves) or the watch fails (rejects; a compacted
+   * start revision is a failure too).
+   */
+  watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void>;
 }
 
 interface GatewayErrorBody {
@@ -136,8 +143,56 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     };
   }
 
+  async function watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void> {
+    const endpoint = endpoints[preferred]!;
+    const authorization = await token(endpoint, signal);
+    const deadline = linkedTimeout(signal, requestTimeoutMs, endpoint);
+    try {
+      const response = await fetchFn(`${endpoint}/v3/watch`, {
+        method: "POST",
+        headers: authorization === undefined ? { "content-type": "application/json" } : { "content-type": "application/json", authorization },
+        body: JSON.stringify({
+          create_request: { key: toBase64(prefix), range_end: toBase64(prefixEnd(prefix)), start_revision: String(afterRevision + 1) },
+        }),
+        signal: deadline.signal,
+      });
+      if (!response.ok || response.body === null) {
+        const answer = parseErrorBody(await response.text());
+        if (answer.code === grpcUnauthenticated) {
+          tokens.delete(endpoint); // expired: the next watch authenticates again
+        }
+        throw new EtcdAnswerError(endpoint, response.status, answer.code, answer.message ?? answer.error ?? `HTTP ${response.status}`);
+      }
+      deadline.stopTimer();
+      for await (const line of lines(response.body)) {
+        const { result, error } = JSON.parse(line) as {
+          result?: { events?: unknown[]; canceled?: boolean; cancel_reason?: string; compact_revision?: string };
+          error?: GatewayErrorBody;
+        };
+        if (error !== undefined || result?.canceled) {
+          const reason = error?.message ?? result?.cancel_reason ?? (result?.compact_revision ? `revision ${afterRevision + 1} was compacted` : "canceled");
+          throw new ConnectError(`etcd ${endpoint} ended the watch of "${prefix}": ${reason}`, Code.Unavailable);
+        }
+        if (result?.events !== undefined && result.events.length > 0) {
+          onChange();
+        }
+      }
+      if (!signal.aborted) {
+        throw new ConnectError(`etcd ${endpoint} closed the watch of "${prefix}"`, Code.Unavailable);
+      }
+    } catch (error) {
+      if (signal.aborted) {
+        return;
+      }
+      throw deadline.signal.aborted ? deadline.signal.reason : error;
+    } finally {
+      deadline.cleanup();
+    }
+  }
+
   return {
     endpoints,
+    watchPrefix,
     async rangePrefix(prefix, signal) {
       const failures: string[] = [];
       let lastError: unknown;
@@ -195,6 +250,10 @@ function linkedTimeout(parent: AbortSignal, timeoutMs: number, endpoint: string)
   }
   return {
     signal: controller.signal,
+    /** The answer has started: a stream may now take as long as it likes. */
+    stopTimer() {
+      clearTimeout(timer);
+    },
     cleanup() {
       clearTimeout(timer);
       parent.removeEventListener("abort", onAbort);
@@ -220,6 +279,32 @@ function describeError(error: unknown): string {
   const detail = typeof cause?.code === "string" ? cause.code : typeof cause?.message === "string" ? cause.message : undefined;
   const message = error instanceof ConnectError ? error.rawMessage : error.message;
   return detail === undefined || message.includes(detail) ? message : `${message} (${detail})`;
+}
+
+/** The lines of a newline-delimited body, as etcd's gateway streams watch responses. */
+async function* lines(body: ReadableStream<Uint8Array>): AsyncIterable<string> {
+  const reader = body.getReader();
+  const text = new TextDecoder();
+  let buffered = "";
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) {
+        break;
+      }
+      buffered += text.decode(value, { stream: true });
+      let newline: number;
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, newline).trim();
+        buffered = buffered.slice(newline + 1);
+        if (line !== "") {
+          yield line;
+        }
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {}); // ends the HTTP response, whatever stopped the reading
+  }
 }
 
 const encoder = new TextEncoder();

@@ -19,6 +19,12 @@ export interface EtcdDiscoveryOptions {
   readonly fetch?: typeof globalThis.fetch;
   /** Limit for one etcd request, in ms (default 5,000). */
   readonly requestTimeoutMs?: number;
+  /**
+   * Also watch the service's prefix, so a registry change is seen within a
+   * round trip instead of within ttlMs (default false). For long-running
+   * processes: the open watch keeps a Node process alive until close().
+   */
+  readonly watch?: boolean;
 }
 
 const defaultTtlMs = 10_000;
@@ -40,14 +46,19 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
     requestTimeoutMs: checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs),
   });
   const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
+  const watch = options.watch ?? false;
   return {
-    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, credentialsId(options.auth), ttlMs]),
+    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, credentialsId(options.auth), ttlMs, watch]),
     ttlMs,
     describe: () => where,
     async load(service, signal) {
       const { revision, kvs } = await gateway.rangePrefix(servicePrefix(namespace, service), signal);
       return decodeSnapshot(layout, service, revision, kvs);
     },
+    ...(watch && {
+      watch: (service: string, afterRevision: number, signal: AbortSignal, onChange: () => void) =>
+        gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, onChange),
+    }),
   };
 }
 
