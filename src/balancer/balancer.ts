@@ -21,7 +21,11 @@ export interface CallResult {
   readonly error?: ConnectError;
 }
 
-/** Called once when a picked call ends, with how long it took in ms. */
+/**
+ * Called once when a picked call ends. `latencyMs` is how long the peer took
+ * to answer: the whole call for unary methods, the time until the response
+ * started for streams (which stay open as long as the caller reads them).
+ */
 export type DoneFunc = (result: CallResult, latencyMs: number) => void;
 
 export interface Pick {

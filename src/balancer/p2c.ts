@@ -17,6 +17,9 @@ export interface P2cOptions {
  * the measured peers), a registry update resets nothing, and a call the
  * caller cancelled says nothing about the peer.
  */
+/** The most a failure counts as: long enough to move traffic away, short enough to be forgiven. */
+const maxPenaltyMs = 10_000;
+
 export function p2c(options: P2cOptions = {}): Balancer {
   const decayMs = options.decayMs ?? 10_000;
   const stats = new StatsByPeer();
@@ -24,23 +27,30 @@ export function p2c(options: P2cOptions = {}): Balancer {
     name: "p2c",
     build(peers) {
       const peerStats = stats.forPeers(peers);
-      return () => {
+      return (request) => {
         const [a, b] = twoChoices(peers.length);
         const now = performance.now();
         const i = cost(peerStats, b, now, decayMs) < cost(peerStats, a, now, decayMs) ? b : a;
         const chosen = peerStats[i]!;
+        // A stream stays open for as long as the caller likes: its age says nothing about the peer.
+        const aged = request.method.methodKind === "unary" ? now : 0;
         chosen.inflight++;
-        chosen.startedSum += now;
+        chosen.startedSum += aged;
+        chosen.aged += aged === 0 ? 0 : 1;
         return {
           peer: peers[i]!,
           done: (result, latencyMs) => {
             chosen.inflight--;
-            chosen.startedSum -= now;
+            chosen.startedSum -= aged;
+            chosen.aged -= aged === 0 ? 0 : 1;
             if (result.error?.code === Code.Canceled) {
               return;
             }
-            // A failure counts as at least twice the slowest peer's latency, so traffic moves away from it.
-            const sample = result.error === undefined ? latencyMs : Math.max(latencyMs, 2 * slowest(peerStats, performance.now(), decayMs));
+            // A failure counts as twice the average latency (bounded), so traffic moves away from the peer.
+            const sample =
+              result.error === undefined
+                ? latencyMs
+                : Math.min(maxPenaltyMs, Math.max(latencyMs, 2 * averageLatency(peerStats, performance.now(), decayMs)));
             record(chosen, sample, decayMs);
           },
         };
@@ -52,8 +62,8 @@ export function p2c(options: P2cOptions = {}): Balancer {
 function cost(all: readonly PeerStats[], i: number, now: number, decayMs: number): number {
   const stats = all[i]!;
   const estimate = latency(stats, now, decayMs) ?? averageLatency(all, now, decayMs);
-  // Calls still waiting on the peer show it is at least this slow, before any of them answers.
-  const waiting = stats.inflight === 0 ? 0 : now - stats.startedSum / stats.inflight;
+  // Unary calls still waiting on the peer show it is at least this slow, before any of them answers.
+  const waiting = stats.aged === 0 ? 0 : now - stats.startedSum / stats.aged;
   return Math.max(estimate, waiting) * (stats.inflight + 1);
 }
 
@@ -80,11 +90,10 @@ function averageLatency(all: readonly PeerStats[], now: number, decayMs: number)
   return measured === 0 ? 1 : sum / measured;
 }
 
-function slowest(all: readonly PeerStats[], now: number, decayMs: number): number {
-  return all.reduce((max, stats) => Math.max(max, latency(stats, now, decayMs) ?? 0), 0);
-}
-
 function record(stats: PeerStats, sampleMs: number, decayMs: number): void {
+  if (!Number.isFinite(sampleMs) || sampleMs < 0) {
+    return;
+  }
   const now = performance.now();
   const current = latency(stats, now, decayMs);
   if (current === undefined || sampleMs > current) {

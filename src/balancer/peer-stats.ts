@@ -7,7 +7,8 @@ import type { Peer } from "../peer.js";
 export interface PeerStats {
   /** Calls picked for the peer that have not ended. */
   inflight: number;
-  /** Sum of the performance.now() at which those calls started: their mean age is a lower bound of the latency. */
+  /** Unary calls among them, and the sum of the performance.now() at which they started: their mean age is a lower bound of the latency. */
+  aged: number;
   startedSum: number;
   /** Peak-EWMA latency in ms; undefined until the first sample. */
   latencyMs: number | undefined;
@@ -29,7 +30,7 @@ export class StatsByPeer {
     return peers.map((peer) => {
       let stats = this.byUrl.get(peer.url);
       if (stats === undefined) {
-        stats = { inflight: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0 };
+        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0 };
         this.byUrl.set(peer.url, stats);
       }
       return stats;

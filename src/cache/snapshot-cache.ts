@@ -19,6 +19,8 @@ export interface SnapshotCache {
 
 /** After a failed refresh, the stale snapshot serves for at most this long before etcd is asked again. */
 const retryAfterFailureMs = 1_000;
+/** Reads in a row below the known revision after which etcd is taken to have been rebuilt. */
+const etcdResetAfterReads = 3;
 /** Longest wait before watching again after the watch broke. */
 const maxWatchBackoffMs = 30_000;
 
@@ -66,6 +68,8 @@ class SharedSnapshot {
   private readAgain = false;
   /** The running watch, when the discovery can watch. */
   private watching: AbortController | undefined;
+  /** Reads in a row that saw a revision below the highest one known. */
+  private lowerReads = 0;
 
   constructor(
     private readonly discovery: Discovery,
@@ -109,11 +113,21 @@ class SharedSnapshot {
   release(holder: { readonly listener: EventListener }): void {
     this.holders.delete(holder);
     if (this.holders.size === 0) {
-      // Nobody waits for the read any more: don't let it or the watch hold the process open.
+      // Nobody waits for the read any more: don't let it or the watch hold the
+      // process open, and let a transport created later start a read of its own.
       this.inflight?.controller.abort(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
+      this.inflight = undefined;
+      this.readAgain = false;
       this.watching?.abort();
       this.watching = undefined;
     }
+  }
+
+  /** Watches again from the current revision (after etcd's revisions started over). */
+  private restartWatch(): void {
+    this.watching?.abort();
+    this.watching = undefined;
+    queueMicrotask(() => this.keepWatching()); // once `revision` holds the new value
   }
 
   /** Starts following changes once there is a snapshot to follow, if the discovery can watch. */
@@ -127,22 +141,31 @@ class SharedSnapshot {
   }
 
   private async watchLoop(watch: NonNullable<Discovery["watch"]>, signal: AbortSignal): Promise<void> {
-    for (let failures = 0; !signal.aborted; ) {
+    let failures = 0;
+    const listener = {
+      opened: () => (failures = 0),
+      changed: () => this.changed(),
+    };
+    while (!signal.aborted) {
       try {
-        await watch(this.service, this.revision, signal, () => this.changed());
+        await watch(this.service, this.revision, signal, listener);
       } catch (error) {
+        if (signal.aborted) {
+          return;
+        }
         failures++;
         this.fail(error);
         this.changed(); // catch up on whatever the broken watch missed
         await pause(Math.min(maxWatchBackoffMs, 250 * 2 ** failures), signal);
-        continue;
       }
-      failures = 0;
     }
   }
 
   /** The registry changed: read it now, or right after the read in flight. */
   private changed(): void {
+    if (this.holders.size === 0) {
+      return;
+    }
     this.freshUntil = 0;
     if (this.inflight !== undefined) {
       this.readAgain = true;
@@ -152,11 +175,21 @@ class SharedSnapshot {
   }
 
   private accept(next: Snapshot): Snapshot {
-    if (this.snapshot !== undefined && next.revision < this.revision) {
-      return this.snapshot; // an older read that lost a race never replaces a newer one
-    }
-    this.revision = next.revision;
     this.freshUntil = Date.now() + this.discovery.ttlMs;
+    if (this.snapshot !== undefined && next.revision < this.revision) {
+      // An older read that lost a race never replaces a newer one. Reads of one
+      // cache never overlap, though: lower revisions read again and again mean
+      // etcd was rebuilt or restored, and its revisions started over.
+      if (++this.lowerReads < etcdResetAfterReads) {
+        return this.snapshot;
+      }
+      this.restartWatch();
+    }
+    this.lowerReads = 0;
+    this.revision = next.revision;
+    if (next.instances.length > 0) {
+      this.servingOverEmpty = false;
+    }
     if (this.snapshot !== undefined && sameContent(this.snapshot, next)) {
       return this.snapshot; // same instances: keep the object so balancers keep their state
     }
@@ -169,7 +202,6 @@ class SharedSnapshot {
       }
       return this.snapshot;
     }
-    this.servingOverEmpty = false;
     this.snapshot = next;
     this.keepWatching();
     this.emit({ type: "snapshot", service: this.service, revision: next.revision, instances: next.instances.length });
@@ -210,6 +242,10 @@ class SharedSnapshot {
 /** Resolves after ms, or at once when the signal aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done);
     function done() {

@@ -25,9 +25,16 @@ export interface Discovery {
   /** Reads the current instances of a service. Rejects with a ConnectError. */
   load(service: string, signal: AbortSignal): Promise<Snapshot>;
   /**
-   * Optional: follows changes after `afterRevision`, calling `onChange` when
-   * the service's entries change, until the signal aborts (resolves) or the
-   * watch breaks (rejects). The cache then reads the new snapshot with load().
+   * Optional: follows changes after `afterRevision`, telling the listener when
+   * the watch is open and when the service's entries change, until the signal
+   * aborts (resolves) or the watch breaks (rejects). The cache then reads the
+   * new snapshot with load().
    */
-  watch?(service: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void>;
+  watch?(service: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void>;
+}
+
+export interface WatchListener {
+  /** The watch is established: a later break is a new failure, not a continuing one. */
+  opened(): void;
+  changed(): void;
 }

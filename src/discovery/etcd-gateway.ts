@@ -1,4 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { withoutCredentials } from "../registry/endpoint.js";
+import type { WatchListener } from "./discovery.js";
 
 /** etcd credentials; the password is sent to etcd only, never logged or put in an error. */
 export interface EtcdAuth {
@@ -26,11 +28,11 @@ export interface EtcdGateway {
   rangePrefix(prefix: string, signal: AbortSignal): Promise<RangeResult>;
   /**
    * Watches a prefix from the revision after `afterRevision` on the endpoint
-   * that answered last, calling `onChange` for every batch of events, until
+   * that answered last, telling the listener for every batch of events, until
    * the signal aborts (resolves) or the watch fails (rejects; a compacted
    * start revision is a failure too).
    */
-  watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void>;
+  watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void>;
 }
 
 interface GatewayErrorBody {
@@ -130,10 +132,12 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
         const user = auth === undefined ? "an anonymous client" : `user "${auth.username}"`;
         throw new ConnectError(`etcd ${endpoint} does not let ${user} read "${prefix}"`, Code.PermissionDenied);
       }
-      if (!(error instanceof EtcdAnswerError && error.grpcCode === grpcUnauthenticated && auth !== undefined)) {
+      const tokenRejected = error instanceof EtcdAnswerError && (error.grpcCode === grpcUnauthenticated || error.message.includes("user name is empty"));
+      if (!(tokenRejected && auth !== undefined)) {
         throw error;
       }
-      // The token expired (etcd drops idle simple tokens after 300 s): authenticate again, once.
+      // The token expired (etcd drops idle simple tokens after 300 s), or auth was
+      // enabled after it was found off: authenticate again, once.
       tokens.delete(endpoint);
       answer = await post<Answer>(endpoint, "/v3/kv/range", body, signal, await token(endpoint, signal));
     }
@@ -143,11 +147,11 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     };
   }
 
-  async function watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, onChange: () => void): Promise<void> {
+  async function watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void> {
     const endpoint = endpoints[preferred]!;
-    const authorization = await token(endpoint, signal);
     const deadline = linkedTimeout(signal, requestTimeoutMs, endpoint);
     try {
+      const authorization = await token(endpoint, deadline.signal);
       const response = await fetchFn(`${endpoint}/v3/watch`, {
         method: "POST",
         headers: authorization === undefined ? { "content-type": "application/json" } : { "content-type": "application/json", authorization },
@@ -166,15 +170,18 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
       deadline.stopTimer();
       for await (const line of lines(response.body)) {
         const { result, error } = JSON.parse(line) as {
-          result?: { events?: unknown[]; canceled?: boolean; cancel_reason?: string; compact_revision?: string };
+          result?: { created?: boolean; events?: unknown[]; canceled?: boolean; cancel_reason?: string; compact_revision?: string };
           error?: GatewayErrorBody;
         };
         if (error !== undefined || result?.canceled) {
           const reason = error?.message ?? result?.cancel_reason ?? (result?.compact_revision ? `revision ${afterRevision + 1} was compacted` : "canceled");
           throw new ConnectError(`etcd ${endpoint} ended the watch of "${prefix}": ${reason}`, Code.Unavailable);
         }
+        if (result?.created) {
+          listener.opened();
+        }
         if (result?.events !== undefined && result.events.length > 0) {
-          onChange();
+          listener.changed();
         }
       }
       if (!signal.aborted) {
@@ -223,7 +230,7 @@ function normalizeEndpoint(endpoint: string): string {
   try {
     url = new URL(endpoint);
   } catch {
-    throw new ConnectError(`etcd endpoint "${endpoint}" is not a URL like http://127.0.0.1:2379`, Code.InvalidArgument);
+    throw new ConnectError(`etcd endpoint "${withoutCredentials(endpoint)}" is not a URL like http://127.0.0.1:2379`, Code.InvalidArgument);
   }
   if (url.username !== "" || url.password !== "") {
     throw new ConnectError(
@@ -232,7 +239,7 @@ function normalizeEndpoint(endpoint: string): string {
     );
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new ConnectError(`etcd endpoint "${endpoint}" must use http or https`, Code.InvalidArgument);
+    throw new ConnectError(`etcd endpoint "${withoutCredentials(endpoint)}" must use http or https`, Code.InvalidArgument);
   }
   return `${url.origin}${url.pathname}`.replace(/\/+$/, "");
 }
@@ -301,6 +308,9 @@ async function* lines(body: ReadableStream<Uint8Array>): AsyncIterable<string> {
           yield line;
         }
       }
+    }
+    if (buffered.trim() !== "") {
+      yield buffered.trim();
     }
   } finally {
     await reader.cancel().catch(() => {}); // ends the HTTP response, whatever stopped the reading

@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
 import { decodeSnapshot } from "./decode.js";
-import type { Discovery } from "./discovery.js";
+import type { Discovery, WatchListener } from "./discovery.js";
 import { createEtcdGateway, type EtcdAuth } from "./etcd-gateway.js";
 
 export interface EtcdDiscoveryOptions {
@@ -39,16 +39,22 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
   const layout = resolveFormat(options.format);
   const namespace = options.namespace ?? layout.defaultNamespace;
   const ttlMs = checkDuration("ttlMs", options.ttlMs ?? defaultTtlMs);
-  const gateway = createEtcdGateway({
-    endpoints: options.endpoints,
-    auth: options.auth,
-    fetch: options.fetch,
-    requestTimeoutMs: checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs),
-  });
+  const requestTimeoutMs = checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs);
+  const gateway = createEtcdGateway({ endpoints: options.endpoints, auth: options.auth, fetch: options.fetch, requestTimeoutMs });
   const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
   const watch = options.watch ?? false;
   return {
-    key: JSON.stringify(["etcd", [...gateway.endpoints].sort(), namespace, layout.name, credentialsId(options.auth), ttlMs, watch]),
+    key: JSON.stringify([
+      "etcd",
+      [...gateway.endpoints].sort(),
+      namespace,
+      layout.name,
+      credentialsId(options.auth),
+      fetchId(options.fetch),
+      requestTimeoutMs,
+      ttlMs,
+      watch,
+    ]),
     ttlMs,
     describe: () => where,
     async load(service, signal) {
@@ -56,8 +62,8 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
       return decodeSnapshot(layout, service, revision, kvs);
     },
     ...(watch && {
-      watch: (service: string, afterRevision: number, signal: AbortSignal, onChange: () => void) =>
-        gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, onChange),
+      watch: (service: string, afterRevision: number, signal: AbortSignal, listener: WatchListener) =>
+        gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, listener),
     }),
   };
 }
@@ -81,6 +87,22 @@ function credentialsId(auth: EtcdAuth | undefined): string {
   }
   return id;
 }
+
+const fetchIds = new WeakMap<typeof globalThis.fetch, number>();
+
+/** Distinguishes fetch functions (one may carry a client certificate another lacks). */
+function fetchId(fetch: typeof globalThis.fetch | undefined): number {
+  if (fetch === undefined) {
+    return 0;
+  }
+  let id = fetchIds.get(fetch);
+  if (id === undefined) {
+    id = ++fetches;
+    fetchIds.set(fetch, id);
+  }
+  return id;
+}
+let fetches = 0;
 
 function checkDuration(name: string, ms: number): number {
   if (!(ms >= 0) || !Number.isFinite(ms)) {

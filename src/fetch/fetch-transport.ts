@@ -5,6 +5,7 @@ import {
   type ConnectTransportOptions,
 } from "@connectrpc/connect-web";
 import type { Peer } from "../peer.js";
+import { markFetchNetworkFailure } from "../transport/unreachable.js";
 
 /** Options of the per-peer fetch transports; baseUrl comes from each peer. */
 export type FetchTransportOptions = {
@@ -29,7 +30,9 @@ export function fetchTransport(options: FetchTransportOptions = {}): (peer: Peer
       headers.set("accept-encoding", "identity");
     }
     const { redirect: _browserOnly, ...rest } = init ?? {};
-    return fetchFn(input, { ...rest, headers });
+    return fetchFn(input, { ...rest, headers }).catch((error: unknown) => {
+      throw markFetchNetworkFailure(error); // so the balancer ejects the peer and may resend the call
+    });
   };
   const create = protocol === "grpc-web" ? createGrpcWebTransport : createConnectTransport;
   return (peer) => create({ ...transportOptions, baseUrl: peer.url, fetch: serverRuntimeFetch });

@@ -21,28 +21,29 @@ export interface Endpoint {
  * "https://[::1]:8443" or kratos' legacy "grpc://10.0.0.7:9000?isSecure=true".
  * Returns the reason as a string when the endpoint cannot be dialled.
  */
-export function parseEndpoint(raw: string): Endpoint | string {
-  const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(raw);
+export function parseEndpoint(endpoint: string): Endpoint | string {
+  const shown = withoutCredentials(endpoint); // messages end up in logs
+  const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(endpoint);
   if (!match) {
-    return `endpoint "${raw}" is not a URL like grpc://host:port`;
+    return `endpoint "${shown}" is not a URL like grpc://host:port`;
   }
   const scheme = match[1]!.toLowerCase();
   if (!isScheme(scheme)) {
-    return `endpoint "${raw}" has unsupported scheme "${scheme}"`;
+    return `endpoint "${shown}" has unsupported scheme "${scheme}"`;
   }
   const hostPort = splitHostPort(match[2]!);
   if (typeof hostPort === "string") {
-    return `endpoint "${raw}": ${hostPort}`;
+    return `endpoint "${shown}": ${hostPort}`;
   }
   const { host, portText } = hostPort;
   const secure = /[?&]isSecure=true(&|#|$)/.test(match[3] ?? "");
   const finalScheme: EndpointScheme = secure && (scheme === "grpc" || scheme === "http") ? secureScheme[scheme] : scheme;
   const port = portText === "" ? defaultPorts[scheme] : Number(portText);
   if (port === undefined) {
-    return `endpoint "${raw}" has no port`;
+    return `endpoint "${shown}" has no port`;
   }
   if (!/^\d*$/.test(portText) || !Number.isInteger(port) || port < 1 || port > 65535) {
-    return `endpoint "${raw}" has bad port "${portText}"`;
+    return `endpoint "${shown}" has bad port "${portText}"`;
   }
   const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   const url = `${finalScheme === "grpcs" || finalScheme === "https" ? "https" : "http"}://${address}`;
@@ -67,4 +68,9 @@ function splitHostPort(authority: string): { host: string; portText: string } | 
     return host.includes(":") ? "IPv6 hosts must be in brackets" : `bad host "${host}"`;
   }
   return { host, portText: colon < 0 ? "" : authority.slice(colon + 1) };
+}
+
+/** The URL as it may appear in a message: any "user:password@" replaced. */
+export function withoutCredentials(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1***@");
 }

@@ -121,6 +121,8 @@ interface Attempt {
   readonly pick: Pick;
   readonly entry: PeerTransport;
   readonly started: number;
+  /** When the response started, for a stream still open. */
+  responded?: number;
 }
 
 export function createBalancedTransport(options: BalancedTransportOptions): BalancedTransport {
@@ -131,7 +133,14 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   }
   const balancer = resolveBalancer(options.balancer);
   const interceptors = options.interceptors ?? [];
-  const onEvent = options.onEvent ?? logProblems;
+  const listener = options.onEvent ?? logProblems;
+  const onEvent: EventListener = (event) => {
+    try {
+      listener(event);
+    } catch {
+      // a broken listener must not break calls
+    }
+  };
   const { discovery } = options;
   const where = discovery.describe(service);
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
@@ -142,7 +151,11 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
     throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
   }
-  const ejections = new Ejections(options.ejectionMs ?? 10_000);
+  const ejectionMs = options.ejectionMs ?? 10_000;
+  if (!(ejectionMs >= 0) || !Number.isFinite(ejectionMs)) {
+    throw new ConnectError(`createBalancedTransport: ejectionMs must be a finite number of ms ≥ 0, got ${ejectionMs}`, Code.InvalidArgument);
+  }
+  const ejections = new Ejections(ejectionMs);
   const retryBudget = new RetryBudget();
   let peerSet: PeerSet | undefined;
   let closed = false;
@@ -184,13 +197,31 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   ): Promise<Attempt> {
     const set = await usablePeers(signal, timeoutMs);
     const now = performance.now();
+    const passOver = (peer: Peer) => tried.has(peer.url) || ejections.isEjected(peer, now);
     let pick = set.pick({ method, header, contextValues, attempt: 0 });
-    for (let attempt = 1; attempt < set.peers.length && (tried.has(pick.peer.url) || ejections.isEjected(pick.peer, now)); attempt++) {
+    for (let attempt = 1; attempt < set.peers.length && passOver(pick.peer); attempt++) {
       pick.done?.(skipped, 0);
       pick = set.pick({ method, header, contextValues, attempt });
     }
+    if (passOver(pick.peer)) {
+      // The policy kept choosing peers to pass over (random choices can): take
+      // the first one left, else the first untried one (every peer ejected).
+      const fallback = set.peers.find((peer) => !passOver(peer)) ?? set.peers.find((peer) => !tried.has(peer.url));
+      if (fallback !== undefined) {
+        pick.done?.(skipped, 0);
+        pick = { peer: fallback };
+      }
+    }
     contextValues.set(peerKey, pick.peer);
-    return { method, pick, entry: pool.acquire(pick.peer), started: now };
+    let entry: PeerTransport;
+    try {
+      entry = pool.acquire(pick.peer);
+    } catch (error) {
+      const failure = ConnectError.from(error, Code.Internal);
+      pick.done?.({ error: failure }, 0);
+      throw attributeToPeer(failure, pick.peer, service);
+    }
+    return { method, pick, entry, started: now };
   }
 
   /**
@@ -200,14 +231,15 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   function finish(attempt: Attempt, error?: unknown): { error: ConnectError; retryable: boolean } | undefined {
     const { pick, entry, started, method } = attempt;
     const now = performance.now();
+    const latencyMs = (attempt.responded ?? now) - started;
     pool.release(entry);
     if (error === undefined) {
       ejections.clear(pick.peer);
-      pick.done?.(succeeded, now - started);
+      pick.done?.(succeeded, latencyMs);
       return undefined;
     }
     const failure = ConnectError.from(error);
-    pick.done?.({ error: failure }, now - started);
+    pick.done?.({ error: failure }, latencyMs);
     const kind = classifyFailure(failure, method);
     if (kind.unreachable && !ejections.isEjected(pick.peer, now)) {
       ejections.eject(pick.peer, now);
@@ -237,6 +269,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   ): Promise<{ response: R; attempt: Attempt }> {
     const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
     const tried = new Set<string>();
+    let attempts = 0;
     let retries = 0;
     retryBudget.callStarted();
     try {
@@ -245,6 +278,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
         const headers = new Headers(header);
         const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
         const attempt = await pickPeer(method, signal, remainingMs, headers, values, tried);
+        attempts++;
         try {
           return { response: await send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
         } catch (error) {
@@ -252,7 +286,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
           tried.add(attempt.pick.peer.url);
           const timeLeft = deadline === undefined || deadline - performance.now() > 0;
           const worthRetrying =
-            resendable && failure.retryable && tried.size < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
+            resendable && failure.retryable && attempts < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
           if (!worthRetrying || !retryBudget.tryRetry()) {
             throw failure.error;
           }
@@ -322,6 +356,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
               message: body as AsyncIterable<MessageShape<I>>,
             });
       });
+      attempt.responded = performance.now();
       let ended = false;
       const end = (error?: unknown) => {
         if (!ended) {
@@ -371,15 +406,42 @@ async function collect<T>(messages: AsyncIterable<T>): Promise<T[]> {
   return all;
 }
 
-/** Ends the call when the response stream ends, fails, or the caller stops reading it. */
-async function* trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => ConnectError | undefined): AsyncIterable<T> {
-  try {
-    yield* messages;
-  } catch (error) {
-    throw end(error) ?? error;
-  } finally {
-    end();
-  }
+/**
+ * Ends the call when the response stream ends, fails, or the caller stops
+ * reading it — also when it stops before the first message, which an async
+ * generator would not notice.
+ */
+function trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => ConnectError | undefined): AsyncIterable<T> {
+  return {
+    [Symbol.asyncIterator]() {
+      const inner = messages[Symbol.asyncIterator]();
+      return {
+        async next() {
+          try {
+            const result = await inner.next();
+            if (result.done === true) {
+              end();
+            }
+            return result;
+          } catch (error) {
+            throw end(error) ?? error;
+          }
+        },
+        async return(value?: unknown) {
+          end();
+          await inner.return?.();
+          return { done: true, value: value as T };
+        },
+        async throw(error?: unknown) {
+          end();
+          if (inner.throw !== undefined) {
+            return inner.throw(error);
+          }
+          throw error;
+        },
+      };
+    },
+  };
 }
 
 /** The same error, its message naming the peer that was tried. */

@@ -1,6 +1,7 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import { isFetchNetworkFailure } from "./unreachable.js";
 
 /** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
 const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
@@ -24,7 +25,7 @@ export function classifyFailure(error: ConnectError, method: DescMethod): Failur
       String((cause as { message?: unknown }).message).includes("NGHTTP2_REFUSED_STREAM"),
   );
   // fetch reports every network failure as a TypeError, without saying whether the request left.
-  const fetchNetworkFailure = error.code === Code.Unknown && causes(error).some((cause) => cause instanceof TypeError);
+  const fetchNetworkFailure = causes(error).some(isFetchNetworkFailure);
   if (neverSent) {
     return { unreachable: true, retryable: true };
   }

@@ -19,6 +19,8 @@ export interface PeerTransport {
  */
 export class PeerTransports {
   private readonly entries = new Map<string, PeerTransport>();
+  /** Transports of peers that left while calls were still using them. */
+  private readonly retiring = new Set<PeerTransport>();
 
   constructor(
     private readonly factory: PeerTransportFactory,
@@ -38,7 +40,7 @@ export class PeerTransports {
 
   release(entry: PeerTransport): void {
     entry.inflight--;
-    if (entry.retired && entry.inflight === 0) {
+    if (entry.retired && entry.inflight === 0 && this.retiring.delete(entry)) {
       void this.close(entry);
     }
   }
@@ -52,6 +54,8 @@ export class PeerTransports {
         entry.retired = true;
         if (entry.inflight === 0) {
           void this.close(entry);
+        } else {
+          this.retiring.add(entry);
         }
       }
     }
@@ -59,8 +63,9 @@ export class PeerTransports {
 
   /** Closes every transport now, busy or not. */
   async closeAll(): Promise<void> {
-    const all = [...this.entries.values()];
+    const all = [...this.entries.values(), ...this.retiring];
     this.entries.clear();
+    this.retiring.clear();
     await Promise.all(all.map((entry) => this.close(entry)));
   }
 
