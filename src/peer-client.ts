@@ -90,7 +90,22 @@ export function createPeerClient<Desc extends DescService>(service: Desc, transp
   }) as PeerClient<Desc>;
 }
 
-async function* withTrailerCallback<T>(messages: AsyncIterable<T>, onEnd: () => void): AsyncIterable<T> {
-  yield* messages;
-  onEnd();
+/** Calls onEnd after the last message; return() and throw() reach the stream itself, even before the first read. */
+function withTrailerCallback<T>(messages: AsyncIterable<T>, onEnd: () => void): AsyncIterable<T> {
+  return {
+    [Symbol.asyncIterator]() {
+      const inner = messages[Symbol.asyncIterator]();
+      return {
+        async next() {
+          const result = await inner.next();
+          if (result.done === true) {
+            onEnd();
+          }
+          return result;
+        },
+        return: (value?: unknown) => inner.return?.(value) ?? Promise.resolve({ done: true as const, value: value as T }),
+        throw: (error?: unknown) => inner.throw?.(error) ?? Promise.reject(error),
+      };
+    },
+  };
 }

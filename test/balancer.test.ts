@@ -147,6 +147,18 @@ describe("p2c (peak EWMA)", () => {
     expect(counts.get(b!.id)).toBe(100);
   });
 
+  it("bounds what failures cost, so a peer that failed two thousand times is forgiven in time", async () => {
+    const balancer = p2c({ decayMs: 20 });
+    const alone = balancer.build(peers.slice(0, 1)); // the only peer, so every call goes to it and fails
+    for (let i = 0; i < 2000; i++) {
+      alone(request).done?.({ error: new ConnectError("overloaded", Code.Unavailable) }, 1);
+    }
+    const picker = balancer.build(peers.slice(0, 2)); // a healthy peer joins; the statistics stay
+    expect(warm(picker, () => 1, 100).get("1") ?? 0).toBeLessThan(5); // penalised (one tie while the newcomer is unmeasured)
+    await sleep(300); // fifteen time constants: a bounded penalty has faded, an unbounded one never would
+    expect(warm(picker, () => 1, 400).get("1") ?? 0).toBeGreaterThan(50);
+  });
+
   it("forgives a slow sample as faster ones arrive over time", async () => {
     const picker = p2c({ decayMs: 5 }).build(peers.slice(0, 2));
     warm(picker, (p) => (p.id === "1" ? 1_000 : 10), 20);

@@ -11,6 +11,7 @@ import {
   peerKey,
   staticDiscovery,
   type BalancedTransport,
+  type Balancer,
   type Peer,
 } from "../src/index.js";
 import { startCluster, type Cluster } from "../support/cluster.js";
@@ -147,6 +148,31 @@ describe("the built-in balancers by name", () => {
   }
 });
 
+describe("streams", () => {
+  it("end their call when the caller stops before reading a message", async () => {
+    let picks = 0;
+    let dones = 0;
+    const counting: Balancer = {
+      name: "counting",
+      build(peers) {
+        let next = 0;
+        return () => {
+          picks++;
+          return { peer: peers[next++ % peers.length]!, done: () => void dones++ };
+        };
+      },
+    };
+    const users = createPeerClient(UserService, balanced({ balancer: counting }));
+    const abandoned = await users.listUsers({ count: 3 });
+    await abandoned.message[Symbol.asyncIterator]().return?.();
+    const read = await users.listUsers({ count: 2 });
+    for await (const message of read.message) {
+      expect(message.servedBy).toBe(read.peer.address);
+    }
+    expect([picks, dones]).toEqual([2, 2]);
+  });
+});
+
 describe("failures", () => {
   it("leaves the peer it tried in the context and names it in the error", async () => {
     const deadPort = await freePort();
@@ -208,6 +234,12 @@ describe("failures", () => {
       expect(attempt).toThrow(expect.objectContaining({ code: Code.InvalidArgument }));
     }
     expect(attempts[6]).toThrow(expect.not.objectContaining({ message: expect.stringContaining(":pw@") }));
+    for (const leaky of [
+      () => etcdDiscovery({ endpoints: ["http://root:s3cret@etcd:23x79"] }),
+      () => staticDiscovery(["grpc://svc:s3cret@10.0.0.1:99999"]),
+    ]) {
+      expect(leaky).toThrow(expect.objectContaining({ code: Code.InvalidArgument, message: expect.not.stringContaining("s3cret") }));
+    }
   });
 });
 

@@ -114,6 +114,17 @@ describe("the snapshot cache", () => {
     expect(new Set(await servedBy(transport, 6))).toEqual(new Set([b.address, c.address]));
   });
 
+  it("serves a transport created after the last one closed mid-read", async () => {
+    const a = await server();
+    await register("reopen-service", "a", [`grpc://${a.address}`]);
+    const first = balanced("reopen-service");
+    const abandoned = first.peers(); // a read in flight, then every transport closes
+    await first.close();
+    await expect(abandoned).rejects.toThrow();
+    const second = balanced("reopen-service");
+    expect((await second.peers()).map((p) => p.address)).toEqual([a.address]);
+  });
+
   it("keeps a shared read going when one of the transports sharing it closes", async () => {
     const a = await server();
     await register("shared-service", "a", [`grpc://${a.address}`]);

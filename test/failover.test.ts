@@ -91,6 +91,50 @@ describe("an instance that crashed but is still registered", () => {
     }
   });
 
+  it("never sends a call twice to one peer, nor more than maxAttempts times, even with random picks", async () => {
+    const started = await instances("random-dead-service", [{}, {}, {}]);
+    await Promise.all(started.map((s) => s.stop()));
+    const attemptsPerCall = new Map<string, string[]>();
+    const users = createPeerClient(
+      UserService,
+      balanced("random-dead-service", {
+        balancer: "random",
+        ejectionMs: 0,
+        onEvent: () => {},
+        interceptors: [
+          (next) => async (req) => {
+            const id = req.header.get("x-call")!;
+            attemptsPerCall.set(id, [...(attemptsPerCall.get(id) ?? []), req.contextValues.get(peerKey)!.address]);
+            return next(req);
+          },
+        ],
+      }),
+    );
+    for (let i = 0; i < 40; i++) {
+      await rejection(users.getUser({ id: "1" }, { headers: { "x-call": String(i) } }));
+    }
+    for (const peersTried of attemptsPerCall.values()) {
+      expect(peersTried).toHaveLength(2);
+      expect(new Set(peersTried).size).toBe(2);
+    }
+  });
+
+  it("survives an onEvent listener that throws", async () => {
+    const [dead, live] = await instances("listener-service", [{}, {}]);
+    await dead!.stop();
+    const users = createPeerClient(
+      UserService,
+      balanced("listener-service", {
+        onEvent: () => {
+          throw new Error("broken logger");
+        },
+      }),
+    );
+    for (let i = 0; i < 4; i++) {
+      expect((await users.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
+    }
+  });
+
   it("fails the call when retries are turned off, naming the dead peer", async () => {
     const [dead] = await instances("no-retry-service", [{}]);
     await dead!.stop();

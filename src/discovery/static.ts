@@ -15,7 +15,7 @@ export function staticDiscovery(entries: readonly (string | InstanceInit)[]): Di
     const init = typeof entry === "string" ? { endpoints: [entry] } : entry;
     const instance = toInstance(`static/${index}`, init, "");
     if (typeof instance === "string") {
-      throw new ConnectError(`staticDiscovery entry ${index} (${JSON.stringify(entry)}): ${instance}`, Code.InvalidArgument);
+      throw new ConnectError(`staticDiscovery entry ${index}: ${instance}`, Code.InvalidArgument);
     }
     return instance;
   });
