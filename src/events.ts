@@ -46,3 +46,15 @@ export const logProblems: EventListener = (event) => {
       break;
   }
 };
+
+/** Calls a listener; neither its exception nor its rejected promise may break a call or the process. */
+export function notify(listener: EventListener, event: BalancerEvent): void {
+  try {
+    const result: unknown = listener(event);
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+      (result as PromiseLike<unknown>).then(undefined, () => {});
+    }
+  } catch {
+    // a broken listener must not break calls
+  }
+}

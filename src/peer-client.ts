@@ -95,16 +95,24 @@ function withTrailerCallback<T>(messages: AsyncIterable<T>, onEnd: () => void): 
   return {
     [Symbol.asyncIterator]() {
       const inner = messages[Symbol.asyncIterator]();
+      let finished = false;
       return {
         async next() {
           const result = await inner.next();
-          if (result.done === true) {
+          if (result.done === true && !finished) {
+            finished = true;
             onEnd();
           }
           return result;
         },
-        return: (value?: unknown) => inner.return?.(value) ?? Promise.resolve({ done: true as const, value: value as T }),
-        throw: (error?: unknown) => inner.throw?.(error) ?? Promise.reject(error),
+        return(value?: unknown) {
+          finished = true;
+          return inner.return?.(value) ?? Promise.resolve({ done: true as const, value: value as T });
+        },
+        throw(error?: unknown) {
+          finished = true;
+          return inner.throw?.(error) ?? Promise.reject(error);
+        },
       };
     },
   };

@@ -119,7 +119,26 @@ describe("an instance that crashed but is still registered", () => {
     }
   });
 
-  it("survives an onEvent listener that throws", async () => {
+  it("with every peer ejected, still spreads calls as the balancer picks them", async () => {
+    const started = await instances("all-ejected-service", [{}, {}, {}]);
+    await Promise.all(started.map((s) => s.stop()));
+    const attempted: string[] = [];
+    const users = createPeerClient(
+      UserService,
+      balanced("all-ejected-service", {
+        maxAttempts: 1,
+        onEvent: () => {},
+        interceptors: [(next) => async (req) => (attempted.push(req.contextValues.get(peerKey)!.address), next(req))],
+      }),
+    );
+    for (let i = 0; i < 33; i++) {
+      await rejection(users.getUser({ id: "1" }));
+    }
+    // the first three calls eject all three; round robin goes on taking them in turn
+    expect(countBy(attempted)).toEqual(Object.fromEntries(started.map((s) => [s.address, 11])));
+  });
+
+  it("survives onEvent listeners that throw or reject", async () => {
     const [dead, live] = await instances("listener-service", [{}, {}]);
     await dead!.stop();
     const users = createPeerClient(
@@ -132,6 +151,14 @@ describe("an instance that crashed but is still registered", () => {
     );
     for (let i = 0; i < 4; i++) {
       expect((await users.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
+    }
+    // an async listener's rejection must not become an unhandled rejection either
+    const rejecting = createPeerClient(
+      UserService,
+      balanced("listener-service", { ejectionMs: 0, onEvent: async () => Promise.reject(new Error("broken async logger")) }),
+    );
+    for (let i = 0; i < 4; i++) {
+      expect((await rejecting.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
     }
   });
 

@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Discovery, Snapshot } from "../discovery/discovery.js";
-import type { BalancerEvent, EventListener } from "../events.js";
+import { notify, type BalancerEvent, type EventListener } from "../events.js";
 
 /** A transport's handle on the process-wide snapshot of one service. */
 export interface SnapshotCache {
@@ -21,6 +21,8 @@ export interface SnapshotCache {
 const retryAfterFailureMs = 1_000;
 /** Reads in a row below the known revision after which etcd is taken to have been rebuilt. */
 const etcdResetAfterReads = 3;
+/** A watch open at least this long before it broke counts as having worked. */
+const healthyWatchMs = 30_000;
 /** Longest wait before watching again after the watch broke. */
 const maxWatchBackoffMs = 30_000;
 
@@ -89,18 +91,21 @@ class SharedSnapshot {
       return this.inflight.promise;
     }
     const controller = new AbortController();
+    // A read abandoned by release() neither updates the cache nor reports, so
+    // it cannot disturb a read started for a transport created after it.
     const promise = this.discovery
       .load(this.service, controller.signal)
       .then(
-        (next) => this.accept(next),
+        (next) => (controller.signal.aborted ? next : this.accept(next)),
         (error: unknown) => {
-          throw this.fail(error);
+          throw controller.signal.aborted ? ConnectError.from(error, Code.Canceled) : this.fail(error);
         },
       )
       .finally(() => {
-        if (this.inflight?.promise === promise) {
-          this.inflight = undefined;
+        if (this.inflight?.promise !== promise) {
+          return;
         }
+        this.inflight = undefined;
         if (this.readAgain) {
           this.readAgain = false;
           this.refresh().catch(() => {}); // reported as a discovery_failed event
@@ -142,16 +147,23 @@ class SharedSnapshot {
 
   private async watchLoop(watch: NonNullable<Discovery["watch"]>, signal: AbortSignal): Promise<void> {
     let failures = 0;
+    let openedAt: number | undefined;
     const listener = {
-      opened: () => (failures = 0),
+      opened: () => (openedAt = Date.now()),
       changed: () => this.changed(),
     };
     while (!signal.aborted) {
       try {
+        openedAt = undefined;
         await watch(this.service, this.revision, signal, listener);
       } catch (error) {
         if (signal.aborted) {
           return;
+        }
+        // A watch that stayed open a while worked: start the backoff over. One
+        // that a proxy ends right after opening keeps backing off.
+        if (openedAt !== undefined && Date.now() - openedAt >= healthyWatchMs) {
+          failures = 0;
         }
         failures++;
         this.fail(error);
@@ -177,9 +189,9 @@ class SharedSnapshot {
   private accept(next: Snapshot): Snapshot {
     this.freshUntil = Date.now() + this.discovery.ttlMs;
     if (this.snapshot !== undefined && next.revision < this.revision) {
-      // An older read that lost a race never replaces a newer one. Reads of one
-      // cache never overlap, though: lower revisions read again and again mean
-      // etcd was rebuilt or restored, and its revisions started over.
+      // An older read that lost a race never replaces a newer one. Lower
+      // revisions read again and again, though, mean etcd was rebuilt or
+      // restored, and its revisions started over.
       if (++this.lowerReads < etcdResetAfterReads) {
         return this.snapshot;
       }
@@ -230,11 +242,7 @@ class SharedSnapshot {
 
   private emit(event: BalancerEvent): void {
     for (const { listener } of this.holders) {
-      try {
-        listener(event);
-      } catch {
-        // a broken listener must not break discovery for the others
-      }
+      notify(listener, event);
     }
   }
 }

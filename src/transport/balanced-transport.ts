@@ -24,7 +24,7 @@ import { resolveBalancer, type BalancerName } from "../balancer/index.js";
 import type { Balancer, CallResult, Pick } from "../balancer/balancer.js";
 import { acquireSnapshotCache, type SnapshotCache } from "../cache/snapshot-cache.js";
 import type { Discovery } from "../discovery/discovery.js";
-import { logProblems, type EventListener } from "../events.js";
+import { logProblems, notify, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { Ejections } from "./ejections.js";
@@ -134,13 +134,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const balancer = resolveBalancer(options.balancer);
   const interceptors = options.interceptors ?? [];
   const listener = options.onEvent ?? logProblems;
-  const onEvent: EventListener = (event) => {
-    try {
-      listener(event);
-    } catch {
-      // a broken listener must not break calls
-    }
-  };
+  const onEvent: EventListener = (event) => notify(listener, event);
   const { discovery } = options;
   const where = discovery.describe(service);
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
@@ -199,17 +193,25 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const now = performance.now();
     const passOver = (peer: Peer) => tried.has(peer.url) || ejections.isEjected(peer, now);
     let pick = set.pick({ method, header, contextValues, attempt: 0 });
-    for (let attempt = 1; attempt < set.peers.length && passOver(pick.peer); attempt++) {
-      pick.done?.(skipped, 0);
-      pick = set.pick({ method, header, contextValues, attempt });
-    }
     if (passOver(pick.peer)) {
-      // The policy kept choosing peers to pass over (random choices can): take
-      // the first one left, else the first untried one (every peer ejected).
-      const fallback = set.peers.find((peer) => !passOver(peer)) ?? set.peers.find((peer) => !tried.has(peer.url));
-      if (fallback !== undefined) {
-        pick.done?.(skipped, 0);
-        pick = { peer: fallback };
+      const healthy = set.peers.filter((peer) => !passOver(peer));
+      if (healthy.length > 0) {
+        // Ask the policy again; if its choices keep missing (random ones can), take a healthy peer at random.
+        for (let attempt = 1; attempt < set.peers.length && passOver(pick.peer); attempt++) {
+          pick.done?.(skipped, 0);
+          pick = set.pick({ method, header, contextValues, attempt });
+        }
+        if (passOver(pick.peer)) {
+          pick.done?.(skipped, 0);
+          pick = { peer: healthy[Math.floor(Math.random() * healthy.length)]! };
+        }
+      } else if (tried.has(pick.peer.url)) {
+        // Every peer is ejected (the policy's choice stands) or tried: not the same peer twice in one call.
+        const untried = set.peers.filter((peer) => !tried.has(peer.url));
+        if (untried.length > 0) {
+          pick.done?.(skipped, 0);
+          pick = { peer: untried[Math.floor(Math.random() * untried.length)]! };
+        }
       }
     }
     contextValues.set(peerKey, pick.peer);
