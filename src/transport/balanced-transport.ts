@@ -113,7 +113,7 @@ export interface BalancedTransport extends Transport {
 const succeeded: CallResult = Object.freeze({});
 /** Ends a pick that was passed over before any call went out. */
 const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: ejected or already tried", Code.Canceled) });
-const noneTried: ReadonlySet<string> = new Set();
+const noneTried: ReadonlySet<string> = new Set<string>();
 
 /** One attempt of a call on one peer. */
 interface Attempt {
@@ -193,7 +193,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const now = performance.now();
     const passOver = (peer: Peer) => tried.has(peer.url) || ejections.isEjected(peer, now);
     let pick = set.pick({ method, header, contextValues, attempt: 0 });
-    if (passOver(pick.peer)) {
+    if ((tried.size > 0 || ejections.size > 0) && passOver(pick.peer)) {
       const healthy = set.peers.filter((peer) => !passOver(peer));
       if (healthy.length > 0) {
         // Ask the policy again; if its choices keep missing (random ones can), take a healthy peer at random.
@@ -270,7 +270,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     send: (transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined) => Promise<R>,
   ): Promise<{ response: R; attempt: Attempt }> {
     const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
-    const tried = new Set<string>();
+    let tried = noneTried; // allocated on the first failure: most calls have none
     let attempts = 0;
     let retries = 0;
     retryBudget.callStarted();
@@ -285,7 +285,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
           return { response: await send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
         } catch (error) {
           const failure = finish(attempt, error)!;
-          tried.add(attempt.pick.peer.url);
+          tried = new Set([...tried, attempt.pick.peer.url]);
           const timeLeft = deadline === undefined || deadline - performance.now() > 0;
           const worthRetrying =
             resendable && failure.retryable && attempts < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);

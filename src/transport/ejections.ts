@@ -10,6 +10,11 @@ export class Ejections {
 
   constructor(readonly periodMs: number) {}
 
+  /** How many peers are (or were, until their next success or departure) ejected. */
+  get size(): number {
+    return this.until.size;
+  }
+
   eject(peer: Peer, now: number): void {
     this.until.set(peer.url, now + this.periodMs);
   }
