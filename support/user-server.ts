@@ -70,11 +70,12 @@ export async function startUserServer({ host = "127.0.0.1", port = 0, httpVersio
       return calls;
     },
     async stop() {
-      const closed = new Promise((resolve) => server.close(resolve));
+      // Destroy first: on Node 24 an HTTP/2 session that server.close() already
+      // began closing gracefully ignores destroy() while a stream is open.
       for (const connection of connections) {
         connection.destroy();
       }
-      await closed;
+      await new Promise((resolve) => server.close(resolve));
     },
   };
 }
