@@ -188,7 +188,7 @@ describe("an instance that crashed but is still registered", () => {
 describe("ring_hash over real servers", () => {
   it("keeps a key on one instance, and moves it to the next one on the ring when that instance dies", async () => {
     const started = await instances("sticky-service", [{}, {}, {}]);
-    const users = createPeerClient(UserService, balanced("sticky-service", { balancer: "ring_hash" }));
+    const users = createPeerClient(UserService, balanced("sticky-service", { balancer: "ring_hash", onEvent: () => {} }));
     const callAs = async (user: string) => {
       const contextValues = createContextValues();
       contextValues.set(hashKey, user);
