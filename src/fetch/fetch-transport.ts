@@ -5,7 +5,7 @@ import {
   type ConnectTransportOptions,
 } from "@connectrpc/connect-web";
 import type { Peer } from "../peer.js";
-import { markFetchNetworkFailure } from "../transport/unreachable.js";
+import { markDelivery } from "../transport/delivery.js";
 
 /** Options of the per-peer fetch transports; baseUrl comes from each peer. */
 export type FetchTransportOptions = {
@@ -31,7 +31,9 @@ export function fetchTransport(options: FetchTransportOptions = {}): (peer: Peer
     }
     const { redirect: _browserOnly, ...rest } = init ?? {};
     return fetchFn(input, { ...rest, headers }).catch((error: unknown) => {
-      throw markFetchNetworkFailure(error); // so the balancer ejects the peer and may resend the call
+      // fetch reports every network failure as a TypeError, without saying whether the request left;
+      // only fetch's own TypeErrors are marked, so a bug elsewhere gets no healthy peer ejected.
+      throw error instanceof TypeError ? markDelivery(error, "lost") : error;
     });
   };
   const create = protocol === "grpc-web" ? createGrpcWebTransport : createConnectTransport;

@@ -1,7 +1,7 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { isFetchNetworkFailure } from "./unreachable.js";
+import { deliveryOf } from "./delivery.js";
 
 /** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
 const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
@@ -17,22 +17,31 @@ export interface FailureKind {
 const ordinary: FailureKind = { unreachable: false, retryable: false };
 
 export function classifyFailure(error: ConnectError, method: DescMethod): FailureKind {
-  const neverSent = causes(error).some(
+  const delivery = deliveryOf(error);
+  if (delivery === "canceled") {
+    return ordinary;
+  }
+  if (delivery === "unprocessed" || neverSent(error)) {
+    return { unreachable: true, retryable: true };
+  }
+  if (delivery === "lost") {
+    return { unreachable: true, retryable: isIdempotent(method) };
+  }
+  if (error.code === Code.Unavailable) {
+    return { unreachable: false, retryable: isIdempotent(method) };
+  }
+  return ordinary;
+}
+
+/** For transports that do not mark their errors (connect-node's, fetch's causes): the request provably never left. */
+function neverSent(error: ConnectError): boolean {
+  return causes(error).some(
     (cause) =>
       notConnectedCodes.has(String((cause as { code?: unknown }).code)) ||
       // HTTP/2 REFUSED_STREAM: the server guarantees it did not process the request
       // (RFC 9113 §8.7) — what an instance that is shutting down answers on an open connection.
       String((cause as { message?: unknown }).message).includes("NGHTTP2_REFUSED_STREAM"),
   );
-  // fetch reports every network failure as a TypeError, without saying whether the request left.
-  const fetchNetworkFailure = causes(error).some(isFetchNetworkFailure);
-  if (neverSent) {
-    return { unreachable: true, retryable: true };
-  }
-  if (fetchNetworkFailure || error.code === Code.Unavailable) {
-    return { unreachable: fetchNetworkFailure, retryable: isIdempotent(method) };
-  }
-  return ordinary;
 }
 
 function isIdempotent(method: DescMethod): boolean {

@@ -1,0 +1,256 @@
+/// <reference types="node" />
+import * as http2 from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Compression } from "@connectrpc/connect/protocol";
+import { headerGrpcStatus, validateResponseWithCompression, validateTrailer } from "@connectrpc/connect/protocol-grpc";
+import { markDelivery } from "../../transport/delivery.js";
+import type { Connection } from "./connection.js";
+import { EnvelopeReader, type Envelope } from "./envelope-reader.js";
+import { streamFailure } from "./stream-failure.js";
+
+/** What a call needs from its transport. */
+export interface CallSettings {
+  readonly address: string;
+  readonly acceptCompression: Compression[];
+  readonly readMaxBytes: number;
+}
+
+const { NGHTTP2_CANCEL } = http2.constants;
+const callOf = Symbol("grpc call");
+type CallStream = http2.ClientHttp2Stream & { [callOf]: GrpcCall };
+
+/**
+ * One gRPC call on one HTTP/2 stream: the response side (headers, envelopes,
+ * trailers, status), the caller's signal and deadline, and the one place that
+ * decides how the call ended. Unary and streaming calls differ only in what
+ * they do with headers, envelopes and the end. Stream events go to shared
+ * functions through the stream, so a call allocates no closures for them.
+ */
+export abstract class GrpcCall {
+  protected header: Headers | undefined;
+  protected readonly trailer = new Headers();
+  protected compression: Compression | null = null;
+  /** A trailers-only response: the status came with the headers. */
+  private statusInHeader = false;
+  private trailerReceived = false;
+  private headerError: ConnectError | undefined;
+  private cause: Error | undefined;
+  private ended = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly reader: EnvelopeReader;
+  protected stream: http2.ClientHttp2Stream | undefined;
+  private connection: Connection | undefined;
+
+  constructor(
+    protected readonly settings: CallSettings,
+    private readonly signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+  ) {
+    this.reader = new EnvelopeReader(settings.readMaxBytes);
+    if (timeoutMs !== undefined) {
+      this.timer = setTimeout(onDeadline, timeoutMs, this);
+    }
+    signal?.addEventListener("abort", this);
+  }
+
+  /** Opens the stream on the connection; the call ends with a failure when that is refused. */
+  protected open(connection: Connection, headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream | undefined {
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = connection.request(headers);
+    } catch (error) {
+      this.end(
+        streamFailure({
+          address: this.settings.address,
+          streamId: undefined,
+          rstCode: 0,
+          connected: connection.connected,
+          goawayLastStreamId: undefined,
+          cause: error as Error,
+        }),
+      );
+      return undefined;
+    }
+    (stream as CallStream)[callOf] = this;
+    stream.on("response", onResponse);
+    stream.on("data", onData);
+    stream.on("trailers", onTrailers);
+    stream.on("error", onError);
+    stream.on("close", onClose);
+    this.stream = stream;
+    this.connection = connection;
+    return stream;
+  }
+
+  /** The response headers are valid and the status was not in them. */
+  protected abstract onHeaders(header: Headers): void;
+  protected abstract onEnvelope(envelope: Envelope): void;
+  /** Once: the call ended, with its error unless the status was OK. */
+  protected abstract onEnd(error: ConnectError | undefined): void;
+
+  /** Fails the call from the client side (caller abort, deadline, a bad request or response) and resets its stream. */
+  fail(error: ConnectError): void {
+    if (this.ended) {
+      return;
+    }
+    this.reset();
+    this.end(error);
+  }
+
+  /** EventListener for the caller's signal. */
+  handleEvent(): void {
+    this.fail(canceledBy(this.signal!));
+  }
+
+  protected reset(): void {
+    const stream = this.stream;
+    if (stream !== undefined && !stream.closed && !stream.destroyed) {
+      // A stream still waiting for its connection cannot send RST_STREAM; it is dropped instead.
+      if (stream.pending) {
+        stream.destroy();
+      } else {
+        stream.close(NGHTTP2_CANCEL);
+      }
+    }
+  }
+
+  protected get isEnded(): boolean {
+    return this.ended;
+  }
+
+  private end(error: ConnectError | undefined): void {
+    if (this.ended) {
+      return;
+    }
+    this.ended = true;
+    clearTimeout(this.timer);
+    this.signal?.removeEventListener("abort", this);
+    this.onEnd(error);
+  }
+
+  /** @internal stream events */
+  receiveHeaders(headers: http2.IncomingHttpHeaders, flags: number): void {
+    const header = toHeaders(headers);
+    this.header = header;
+    try {
+      const { compression, headerError } = validateResponseWithCompression(this.settings.acceptCompression, Number(headers[":status"]), header);
+      this.compression = compression ?? null;
+      this.headerError = headerError;
+      this.statusInHeader = header.has(headerGrpcStatus);
+    } catch (error) {
+      this.fail(ConnectError.from(error));
+      return;
+    }
+    if (!this.statusInHeader || (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0) {
+      this.onHeaders(header);
+    }
+  }
+
+  /** @internal */
+  receiveData(chunk: Uint8Array): void {
+    if (this.ended) {
+      return;
+    }
+    try {
+      this.reader.push(chunk, (envelope) => this.onEnvelope(envelope));
+    } catch (error) {
+      this.fail(ConnectError.from(error));
+    }
+  }
+
+  /** @internal */
+  receiveTrailers(trailers: http2.IncomingHttpHeaders): void {
+    this.trailerReceived = true;
+    appendHeaders(this.trailer, trailers);
+  }
+
+  /** @internal */
+  receiveError(error: Error): void {
+    this.cause ??= error;
+  }
+
+  /** @internal the stream closed: the only place a call that was not failed by the client ends. */
+  receiveClose(): void {
+    const stream = this.stream!;
+    this.connection!.release();
+    if (this.ended) {
+      return;
+    }
+    if (this.header === undefined || (!this.statusInHeader && !this.trailerReceived)) {
+      const connection = this.connection!;
+      this.end(
+        streamFailure({
+          address: this.settings.address,
+          streamId: stream.id,
+          rstCode: stream.rstCode ?? 0,
+          connected: connection.connected,
+          goawayLastStreamId: connection.goawayLastStreamId,
+          // before the connection was up, its error (ECONNREFUSED…) says more than the stream's
+          cause: connection.connected ? (this.cause ?? connection.error) : (connection.error ?? this.cause),
+        }),
+      );
+      return;
+    }
+    if (this.statusInHeader) {
+      this.end(this.headerError);
+      return;
+    }
+    try {
+      validateTrailer(this.trailer, this.header);
+      this.end(this.reader.buffered > 0 ? new ConnectError("protocol error: incomplete message at the end of the stream", Code.Internal) : undefined);
+    } catch (error) {
+      this.end(ConnectError.from(error));
+    }
+  }
+}
+
+/** The error of a call whose caller aborted it: Canceled, marked as the caller's doing (unless the reason carries another code). */
+export function canceledBy(signal: AbortSignal): ConnectError {
+  const error = ConnectError.from(signal.reason, Code.Canceled);
+  return error.code === Code.Canceled ? markDelivery(error, "canceled") : error;
+}
+
+function onDeadline(call: GrpcCall): void {
+  call.fail(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+}
+
+function onResponse(this: CallStream, headers: http2.IncomingHttpHeaders, flags: number): void {
+  this[callOf].receiveHeaders(headers, flags);
+}
+
+function onData(this: CallStream, chunk: Buffer): void {
+  this[callOf].receiveData(chunk);
+}
+
+function onTrailers(this: CallStream, trailers: http2.IncomingHttpHeaders): void {
+  this[callOf].receiveTrailers(trailers);
+}
+
+function onError(this: CallStream, error: Error): void {
+  this[callOf].receiveError(error);
+}
+
+function onClose(this: CallStream): void {
+  this[callOf].receiveClose();
+}
+
+function toHeaders(headers: http2.IncomingHttpHeaders): Headers {
+  return appendHeaders(new Headers(), headers);
+}
+
+function appendHeaders(target: Headers, headers: http2.IncomingHttpHeaders): Headers {
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 58 /* ":" pseudo-header */) {
+      continue;
+    }
+    const value = headers[name];
+    if (typeof value === "string") {
+      target.append(name, value);
+    } else if (Array.isArray(value)) {
+      for (const one of value) {
+        target.append(name, one);
+      }
+    }
+  }
+  return target;
+}

@@ -1,0 +1,48 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { markDelivery } from "../../transport/delivery.js";
+
+/** What is known about a stream that ended without a gRPC status. */
+export interface EndedStream {
+  /** "host:port" of the peer, for the message. */
+  readonly address: string;
+  /** The HTTP/2 stream id; undefined when the request was never handed to the connection. */
+  readonly streamId: number | undefined;
+  /** RST_STREAM code the stream was closed with (0 when none). */
+  readonly rstCode: number;
+  /** Whether the connection was ever established. */
+  readonly connected: boolean;
+  /** The last stream id a GOAWAY from the peer promised to process. */
+  readonly goawayLastStreamId: number | undefined;
+  /** The stream's or the connection's error, if any. */
+  readonly cause: Error | undefined;
+}
+
+const refusedStream = 7; // RFC 9113 §8.7: the server did not process the request
+
+/**
+ * The error of a stream that ended without a status, marked with what became
+ * of its request: "unprocessed" when the peer provably never acted on it
+ * (no connection, never sent, REFUSED_STREAM, above GOAWAY's last stream id),
+ * else "lost". Both are Unavailable: the peer, not the call, failed.
+ */
+export function streamFailure(ended: EndedStream): ConnectError {
+  const { address, streamId, rstCode, cause } = ended;
+  const why = cause?.message ?? (rstCode === 0 ? "stream closed without a status" : `stream reset with HTTP/2 error code ${rstCode}`);
+  if (!ended.connected) {
+    return unavailable(`cannot connect to ${address}: ${why}`, "unprocessed", cause);
+  }
+  if (streamId === undefined) {
+    return unavailable(`request not sent to ${address}: ${why}`, "unprocessed", cause);
+  }
+  if (rstCode === refusedStream) {
+    return unavailable(`${address} refused the stream (REFUSED_STREAM): the request was not processed`, "unprocessed", cause);
+  }
+  if (ended.goawayLastStreamId !== undefined && streamId > ended.goawayLastStreamId) {
+    return unavailable(`${address} is going away (GOAWAY) and did not process the request`, "unprocessed", cause);
+  }
+  return unavailable(`connection to ${address} lost: ${why}`, "lost", cause);
+}
+
+function unavailable(message: string, delivery: "unprocessed" | "lost", cause: Error | undefined): ConnectError {
+  return markDelivery(new ConnectError(message, Code.Unavailable, undefined, undefined, cause), delivery);
+}
