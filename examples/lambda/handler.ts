@@ -3,14 +3,14 @@
 // The balanced transport lives at module scope, so warm invocations reuse its
 // snapshot (no etcd request within ttlMs) and its HTTP/2 connections.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "../../gen/demo/user/v1/user_pb.js";
 import { createBalancedTransport, createPeerClient, etcdDiscovery } from "../../src/index.js"; // "connect-etcd-balancer"
+import { nodeHttp2Transport } from "../../src/node/index.js"; // "connect-etcd-balancer/node"
 
 const transport = createBalancedTransport({
   service: "user-service",
   discovery: etcdDiscovery({ endpoints: (process.env["ETCD_ENDPOINTS"] ?? "http://127.0.0.1:2379").split(",") }),
-  transport: (peer) => createGrpcTransport({ baseUrl: peer.url }),
+  transport: nodeHttp2Transport(), // one HTTP/2 connection per peer, unref'd between invocations
 });
 const users = createPeerClient(UserService, transport);
 
