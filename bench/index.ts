@@ -13,8 +13,18 @@ import { resolveFormat } from "../src/registry/format.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
 import { bundleUniversalEntry } from "../support/bundle.js";
 import { startUserServer } from "../support/user-server.js";
+import { balancedNodeHttp2, bareNodeHttp2, compareClients, connectNodeGrpc, grpcJsRoundRobin, printComparison, startEchoServersProcess, type GrpcComparison } from "./grpc-clients.js";
+import { measureStartup, printStartup } from "./startup.js";
+import { barChartSvg } from "./svg.js";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { fileURLToPath } from "node:url";
 
 const rounds = 7;
+
+const median = (values: readonly number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+/** Section 3's latency percentiles (ms) per policy, one entry per run, for docs/bench-p2c.svg. */
+const slowInstanceRuns = new Map<string, { p50: number; p90: number; p99: number }[]>();
 
 /** Median time per operation in ns, alternating the candidates each round. */
 async function compare(candidates: Record<string, (n: number) => Promise<void> | void>, perRound: number) {
@@ -111,7 +121,7 @@ function report(title: string, results: Record<string, number>, baseline?: strin
 
 // 3. One slow instance among three (Linkerd's anchor: p99 734 ms with peak-EWMA
 // P2C vs 2,100 ms with round robin). Peers answer after a timer: two in 2 ms,
-// one in 40 ms; 32 callers make 2,000 calls per policy.
+// one in 40 ms; 32 callers make 2,000 calls per policy, in 3 runs.
 {
   const delayed = (ms: number, servedBy: string): Transport => ({
     async unary(method) {
@@ -120,33 +130,49 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     },
     stream: () => Promise.reject(new Error("unused")),
   });
-  console.log("\none slow instance (40 ms) among three (2 ms), 32 concurrent callers, 2,000 calls");
-  for (const balancer of ["round_robin", "least_request", "p2c"] as const) {
-    const transport = createBalancedTransport({
-      service: "user-service",
-      discovery: staticDiscovery(["grpc://10.0.0.1:9000", "grpc://10.0.0.2:9000", "grpc://10.0.0.3:9000"]),
-      balancer,
-      transport: (peer) => delayed(peer.address.startsWith("10.0.0.3") ? 40 : 2, peer.address),
+  const policies = ["round_robin", "least_request", "p2c"] as const;
+  const runs = 3;
+  console.log(`\none slow instance (40 ms) among three (2 ms), 32 concurrent callers, 2,000 calls; ${runs} runs, the policies alternated`);
+  for (let run = 1; run <= runs; run++) {
+    for (const balancer of policies) {
+      const transport = createBalancedTransport({
+        service: "user-service",
+        discovery: staticDiscovery(["grpc://10.0.0.1:9000", "grpc://10.0.0.2:9000", "grpc://10.0.0.3:9000"]),
+        balancer,
+        transport: (peer) => delayed(peer.address.startsWith("10.0.0.3") ? 40 : 2, peer.address),
+      });
+      const client = createClient(UserService, transport);
+      const latencies: number[] = [];
+      let toSlow = 0;
+      let remaining = 2_000;
+      await Promise.all(
+        Array.from({ length: 32 }, async () => {
+          while (remaining-- > 0) {
+            const start = performance.now();
+            const response = await client.getUser({ id: "1" });
+            latencies.push(performance.now() - start);
+            toSlow += response.servedBy.startsWith("10.0.0.3") ? 1 : 0;
+          }
+        }),
+      );
+      latencies.sort((a, b) => a - b);
+      const value = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
+      const at = (q: number) => value(q).toFixed(1);
+      const mean = (latencies.reduce((sum, l) => sum + l, 0) / latencies.length).toFixed(1);
+      console.log(`  ${balancer.padEnd(16)} mean ${mean.padStart(5)} ms   p50 ${at(0.5).padStart(5)} ms   p99 ${at(0.99).padStart(5)} ms   calls to the slow one ${((100 * toSlow) / latencies.length).toFixed(1).padStart(4)} %   run ${run}`);
+      const percentiles = slowInstanceRuns.get(balancer) ?? [];
+      percentiles.push({ p50: value(0.5), p90: value(0.9), p99: value(0.99) });
+      slowInstanceRuns.set(balancer, percentiles);
+      await transport.close();
+    }
+  }
+  console.log(`  median over the ${runs} runs (min–max):`);
+  for (const [balancer, list] of slowInstanceRuns) {
+    const cells = (["p50", "p90", "p99"] as const).map((q) => {
+      const values = list.map((p) => p[q]);
+      return `${q} ${median(values).toFixed(1).padStart(5)} ms (${Math.min(...values).toFixed(1)}–${Math.max(...values).toFixed(1)})`.padEnd(27);
     });
-    const client = createClient(UserService, transport);
-    const latencies: number[] = [];
-    let toSlow = 0;
-    let remaining = 2_000;
-    await Promise.all(
-      Array.from({ length: 32 }, async () => {
-        while (remaining-- > 0) {
-          const start = performance.now();
-          const response = await client.getUser({ id: "1" });
-          latencies.push(performance.now() - start);
-          toSlow += response.servedBy.startsWith("10.0.0.3") ? 1 : 0;
-        }
-      }),
-    );
-    latencies.sort((a, b) => a - b);
-    const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!.toFixed(1);
-    const mean = (latencies.reduce((sum, l) => sum + l, 0) / latencies.length).toFixed(1);
-    console.log(`  ${balancer.padEnd(16)} mean ${mean.padStart(5)} ms   p50 ${at(0.5).padStart(5)} ms   p99 ${at(0.99).padStart(5)} ms   calls to the slow one ${((100 * toSlow) / latencies.length).toFixed(1).padStart(4)} %`);
-    await transport.close();
+    console.log(`  ${balancer.padEnd(16)} ${cells.join(" ")}`);
   }
 }
 
@@ -202,4 +228,93 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     const bundle = await bundleUniversalEntry(entry);
     console.log(`  ${entry.padEnd(34)} ${(bundle.minifiedBytes / 1024).toFixed(1).padStart(6)} KB minified  ${(bundle.gzipBytes / 1024).toFixed(1).padStart(5)} KB gzipped`);
   }
+}
+
+// 7. gRPC clients side by side, the issue's method: three @grpc/grpc-js
+// servers of EchoService in a child process, this process the only client;
+// unary Echo of 16 bytes at concurrency 1 and 16, rounds interleaving the
+// clients, medians over rounds.
+let grpcComparison: GrpcComparison;
+{
+  const servers = await startEchoServersProcess(3);
+  const [first] = servers.addresses as [string, ...string[]];
+  const callers = [grpcJsRoundRobin(servers.addresses), balancedNodeHttp2(servers.addresses), connectNodeGrpc(first), bareNodeHttp2(first)];
+  const rounds = 5;
+  const secondsPerRun = 1.5;
+  console.log(`\nunary Echo (16-byte payload) over gRPC/HTTP/2 on loopback; 3 @grpc/grpc-js servers in a child process; medians of ${rounds} rounds × ${secondsPerRun} s per client and concurrency`);
+  try {
+    grpcComparison = await compareClients(callers, { concurrencies: [1, 16], rounds, secondsPerRun, warmupSeconds: 1 });
+  } finally {
+    for (const caller of callers) await caller.close();
+    await servers.stop();
+  }
+  printComparison(grpcComparison);
+}
+
+// 8. Start-up: a fresh node process importing each entry point.
+{
+  console.log("\nstart-up: a fresh `node -e 'import(ENTRY)'` from the repository root, dist/ built by tsc, median of 15 spawns each, interleaved");
+  const result = measureStartup(["connect-etcd-balancer/node", "connect-etcd-balancer", "@connectrpc/connect-node", "@connectrpc/connect", "@grpc/grpc-js"], { spawns: 15 });
+  printStartup(result);
+}
+
+// 9. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
+{
+  const docs = fileURLToPath(new URL("../docs/", import.meta.url));
+  mkdirSync(docs, { recursive: true });
+  const machine = `Node ${process.version}, ${cpus().length} cores, ${new Date().toISOString().slice(0, 10)}`;
+  const concurrencySeries = [
+    { name: "concurrency 1", color: "#8fb8de" },
+    { name: "concurrency 16", color: "#2b6cb0" },
+  ];
+  const clients = grpcComparison.clients;
+  const label = (c: (typeof clients)[number]) => `${c.name.replace(" (floor)", "")}\n${c.servers} server${c.servers === 1 ? "" : "s"}${c.name.includes("floor") ? " (floor)" : ""}`;
+  const thousands = (n: number) => Math.round(n).toLocaleString("en-US");
+  const throughput = barChartSvg(
+    [
+      {
+        title: "Unary gRPC Echo: calls per second (higher is better)",
+        subtitle: `16-byte payload, @grpc/grpc-js servers in another process; median of ${grpcComparison.rounds} rounds × ${grpcComparison.secondsPerRun} s, whiskers min–max`,
+        yLabel: "calls / s",
+        series: concurrencySeries,
+        groups: clients.map((c) => ({
+          label: label(c),
+          values: grpcComparison.concurrencies.map((n) => c.at[n]!.callsPerSecond),
+          ranges: grpcComparison.concurrencies.map((n) => [c.at[n]!.minCallsPerSecond, c.at[n]!.maxCallsPerSecond] as const),
+        })),
+        format: thousands,
+      },
+      {
+        title: "Unary gRPC Echo: p99 latency (lower is better)",
+        subtitle: `median over the rounds of each round's 99th percentile`,
+        yLabel: "p99 latency, ms",
+        series: concurrencySeries,
+        groups: clients.map((c) => ({ label: label(c), values: grpcComparison.concurrencies.map((n) => c.at[n]!.p99) })),
+        format: (ms) => ms.toFixed(2),
+      },
+    ],
+    { footnote: `npm run bench, ${machine}. One client process; connect-node and bare node:http2 call one server, the others round-robin over three.` },
+  );
+  writeFileSync(`${docs}bench.svg`, throughput);
+  const policyColors: Record<string, string> = { round_robin: "#e07b39", least_request: "#9f7aea", p2c: "#2f855a" };
+  const slowRuns = [...slowInstanceRuns];
+  const p2cChart = barChartSvg(
+    [
+      {
+        title: "One slow instance (40 ms) among three (2 ms): latency percentiles",
+        subtitle: `32 concurrent callers, 2,000 calls per run; median of ${slowRuns[0]?.[1].length ?? 0} runs, whiskers min–max (lower is better)`,
+        yLabel: "latency, ms",
+        series: slowRuns.map(([name]) => ({ name, color: policyColors[name] ?? "#777" })),
+        groups: (["p50", "p90", "p99"] as const).map((q) => ({
+          label: q,
+          values: slowRuns.map(([, list]) => median(list.map((p) => p[q]))),
+          ranges: slowRuns.map(([, list]) => [Math.min(...list.map((p) => p[q])), Math.max(...list.map((p) => p[q]))] as const),
+        })),
+        format: (ms) => ms.toFixed(1),
+      },
+    ],
+    { footnote: `npm run bench, ${machine}. Peers are in-process transports answering after a timer.` },
+  );
+  writeFileSync(`${docs}bench-p2c.svg`, p2cChart);
+  console.log(`\ncharts written: docs/bench.svg, docs/bench-p2c.svg`);
 }

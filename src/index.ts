@@ -8,6 +8,8 @@ export type {
   PeerStreamResponse,
 } from "./transport/balanced-transport.js";
 export type { PeerTransportFactory } from "./transport/peer-transports.js";
+export { deliveryOf, markDelivery } from "./transport/delivery.js";
+export type { Delivery } from "./transport/delivery.js";
 export type { PeerFilter } from "./transport/peer-set.js";
 export { createPeerClient } from "./peer-client.js";
 export type { PeerClient, PeerResult, PeerStream } from "./peer-client.js";

@@ -41,3 +41,42 @@ export function countBy<T>(items: readonly T[]): Record<string, number> {
   }
   return counts;
 }
+
+/**
+ * Resolves once `condition()` holds, checking every `intervalMs`; fails with
+ * `what` (or the condition's source) after `timeoutMs`. For waiting on a
+ * server-side effect that has no event of its own.
+ */
+export async function until(condition: () => boolean, { timeoutMs = 5_000, intervalMs = 5, what }: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what ?? condition.toString()}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** An async iterable fed by push(): the input of a client or bidi stream that a test writes step by step. */
+export function pushable<T>() {
+  const queue: IteratorResult<T, undefined>[] = [];
+  let wake: (() => void) | undefined;
+  const deliver = (result: IteratorResult<T, undefined>) => {
+    queue.push(result);
+    wake?.();
+  };
+  return {
+    push: (value: T) => deliver({ value, done: false }),
+    end: () => deliver({ value: undefined, done: true }),
+    async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+      for (;;) {
+        while (queue.length === 0) {
+          await new Promise<void>((resolve) => (wake = resolve));
+        }
+        const next = queue.shift()!;
+        if (next.done) return;
+        yield next.value;
+      }
+    },
+  };
+}
