@@ -31,6 +31,7 @@ function zlibCompression(name: string, compress: ZlibFn, decompress: ZlibFn): Co
   };
 }
 
+/** zlib's result as a plain Uint8Array (a view, not a copy): bytes fields must not come out as Node Buffers. */
 function ownBuffer(bytes: Buffer): Uint8Array<ArrayBuffer> {
-  return bytes.buffer instanceof ArrayBuffer ? (bytes as Uint8Array<ArrayBuffer>) : new Uint8Array(bytes);
+  return bytes.buffer instanceof ArrayBuffer ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
 }

@@ -9,10 +9,12 @@ export interface Envelope {
 const prefixBytes = 5;
 
 /**
- * Splits HTTP/2 DATA chunks into gRPC envelopes. A message that arrives in
- * one chunk is a view on it (no copy); one spread over chunks is copied once
- * into a buffer of its declared size. A declared size above readMaxBytes
- * fails before any of it is buffered.
+ * Splits HTTP/2 DATA chunks into gRPC envelopes, each message in a buffer of
+ * its own: a plain Uint8Array (not a Node Buffer), so that protobuf-es' bytes
+ * fields, which are views on it, behave as everywhere else and do not keep a
+ * whole network chunk alive. A message is copied once, whatever the number of
+ * chunks it came in. A declared size above readMaxBytes fails before any of
+ * it is buffered.
  */
 export class EnvelopeReader {
   private pending: Uint8Array[] = [];
@@ -28,6 +30,7 @@ export class EnvelopeReader {
   /** Feeds one chunk; calls `onEnvelope` for each envelope it completes. Throws ResourceExhausted over the limit. */
   push(chunk: Uint8Array, onEnvelope: (envelope: Envelope) => void): void {
     let data = chunk;
+    let joined = false;
     if (this.pendingBytes > 0) {
       this.pending.push(chunk);
       this.pendingBytes += chunk.byteLength;
@@ -36,6 +39,7 @@ export class EnvelopeReader {
         return;
       }
       data = concat(this.pending, this.pendingBytes);
+      joined = true;
       this.pending = [];
       this.pendingBytes = 0;
     }
@@ -47,7 +51,9 @@ export class EnvelopeReader {
       if (end > data.byteLength) {
         break;
       }
-      onEnvelope({ flags: data[offset]!, data: data.subarray(offset + prefixBytes, end) });
+      // A message joined from several chunks is already in a buffer of its own.
+      const message = joined && offset === 0 ? data.subarray(prefixBytes, end) : copy(data, offset + prefixBytes, end);
+      onEnvelope({ flags: data[offset]!, data: message });
       offset = end;
     }
     if (offset < data.byteLength) {
@@ -73,6 +79,12 @@ export class EnvelopeReader {
       throw new ConnectError(`message size ${size} is larger than configured readMaxBytes ${this.readMaxBytes}`, Code.ResourceExhausted);
     }
   }
+}
+
+function copy(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  const out = new Uint8Array(end - start);
+  out.set(bytes.subarray(start, end));
+  return out;
 }
 
 function readSize(bytes: Uint8Array, at: number): number {
