@@ -71,6 +71,7 @@ describe("streamFailure", () => {
   const base: EndedStream = { address: "10.0.0.7:9000", streamId: 5, rstCode: 0, connected: true, goawayLastStreamId: undefined, cause: undefined };
   const cases: [string, Partial<EndedStream>, "unprocessed" | "lost", RegExp][] = [
     ["never connected", { connected: false, streamId: undefined, cause: Object.assign(new Error("connect ECONNREFUSED 10.0.0.7:9000"), { code: "ECONNREFUSED" }) }, "unprocessed", /cannot connect to 10\.0\.0\.7:9000: connect ECONNREFUSED/],
+    ["pending stream cancelled by a connection error", { connected: false, streamId: undefined, cause: new Error("The pending stream has been canceled", { cause: new Error("connect ECONNREFUSED 10.0.0.7:9000") }) }, "unprocessed", /cannot connect to 10\.0\.0\.7:9000: connect ECONNREFUSED 10\.0\.0\.7:9000$/],
     ["never handed to the connection", { streamId: undefined }, "unprocessed", /request not sent to 10\.0\.0\.7:9000/],
     ["REFUSED_STREAM", { rstCode: 7 }, "unprocessed", /refused the stream \(REFUSED_STREAM\)/],
     ["above GOAWAY's last stream id", { streamId: 7, goawayLastStreamId: 5 }, "unprocessed", /going away \(GOAWAY\)/],

@@ -28,7 +28,7 @@ import { logProblems, notify, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { Ejections } from "./ejections.js";
-import { classifyFailure } from "./failures.js";
+import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
 import { RetryBudget } from "./retry-budget.js";
 import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
@@ -57,12 +57,14 @@ export interface BalancedTransportOptions {
   readonly interceptors?: readonly Interceptor[];
   /**
    * Attempts per call, each on another peer (default 2; 1 turns retries off).
-   * A call is sent again only when that cannot repeat a side effect: the peer
-   * was not reached at all, or the method is marked idempotent and failed as
-   * Unavailable. Unary and server-streaming calls are retried (the latter until
-   * the response starts); client and bidi streams are read once and never are.
-   * Retries in flight are kept to 20 % of the calls in flight (at least 3), as
-   * Envoy's retry budget.
+   * A call is sent again only when that cannot repeat a side effect: the
+   * request never reached the server, or the method is marked idempotent and
+   * its connection was lost or it failed as Unavailable. Unary and
+   * server-streaming calls are retried (the latter until the response starts);
+   * client and bidi streams are read once and never are. Retries of calls a
+   * server answered are kept to 20 % of the calls in flight (at least 3), as
+   * Envoy's retry budget; resending after a connection failure is not counted,
+   * since the failed peer is ejected at once.
    */
   readonly maxAttempts?: number;
   /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
@@ -118,6 +120,8 @@ const noneTried: ReadonlySet<string> = new Set<string>();
 /** One attempt of a call on one peer. */
 interface Attempt {
   readonly method: DescMethod;
+  /** The caller's signal: a failure after it aborted is the caller's doing. */
+  readonly signal: AbortSignal | undefined;
   readonly pick: Pick;
   readonly entry: PeerTransport;
   readonly started: number;
@@ -223,14 +227,14 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       pick.done?.({ error: failure }, 0);
       throw attributeToPeer(failure, pick.peer, service);
     }
-    return { method, pick, entry, started: now };
+    return { method, signal, pick, entry, started: now };
   }
 
   /**
    * Ends an attempt once: frees the peer's transport, tells the policy, ejects
    * a peer that could not be reached, and returns the error naming the peer.
    */
-  function finish(attempt: Attempt, error?: unknown): { error: ConnectError; retryable: boolean } | undefined {
+  function finish(attempt: Attempt, error?: unknown): { error: ConnectError; kind: FailureKind } | undefined {
     const { pick, entry, started, method } = attempt;
     const now = performance.now();
     const latencyMs = (attempt.responded ?? now) - started;
@@ -240,14 +244,14 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       pick.done?.(succeeded, latencyMs);
       return undefined;
     }
-    const failure = ConnectError.from(error);
+    const failure = asPeerFailure(ConnectError.from(error), attempt.signal?.aborted === true);
     pick.done?.({ error: failure }, latencyMs);
     const kind = classifyFailure(failure, method);
     if (kind.unreachable && !ejections.isEjected(pick.peer, now)) {
       ejections.eject(pick.peer, now);
       onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs: ejections.periodMs, error: failure });
     }
-    return { error: attributeToPeer(failure, pick.peer, service), retryable: kind.retryable };
+    return { error: attributeToPeer(failure, pick.peer, service), kind };
   }
 
   /** Whether the current peers include one this call has not tried yet (by URL: peers are rebuilt per snapshot). */
@@ -271,6 +275,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   ): Promise<{ response: R; attempt: Attempt }> {
     const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
     let tried = noneTried; // allocated on the first failure: most calls have none
+    let earlier: string[] | undefined;
     let attempts = 0;
     let retries = 0;
     retryBudget.callStarted();
@@ -288,11 +293,12 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
           tried = new Set([...tried, attempt.pick.peer.url]);
           const timeLeft = deadline === undefined || deadline - performance.now() > 0;
           const worthRetrying =
-            resendable && failure.retryable && attempts < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
-          if (!worthRetrying || !retryBudget.tryRetry()) {
-            throw failure.error;
+            resendable && failure.kind.retryable && attempts < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
+          if (!worthRetrying || !(failure.kind.unreachable || retryBudget.tryRetry())) {
+            throw earlier === undefined ? failure.error : withEarlierAttempts(failure.error, earlier);
           }
-          retries++;
+          (earlier ??= []).push(`${attempt.pick.peer.address}: ${failure.error.cause instanceof ConnectError ? failure.error.cause.message : failure.error.rawMessage}`);
+          retries += failure.kind.unreachable ? 0 : 1;
         }
       }
     } finally {
@@ -444,6 +450,13 @@ function trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => Co
       };
     },
   };
+}
+
+/** The error of the last attempt, its message also saying how each earlier attempt failed. */
+function withEarlierAttempts(last: ConnectError, earlier: readonly string[]): ConnectError {
+  const error = new ConnectError(`${last.rawMessage}; ${earlier.length + 1} peers tried, earlier: ${earlier.join("; ")}`, last.code, last.metadata, undefined, last.cause);
+  error.details = last.details;
+  return error;
 }
 
 /** The same error, its message naming the peer that was tried. */

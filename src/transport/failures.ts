@@ -1,14 +1,21 @@
-import { Code, type ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { deliveryOf } from "./delivery.js";
+import { headerGrpcStatus } from "@connectrpc/connect/protocol-grpc";
+import { deliveryOf, markDelivery } from "./delivery.js";
 
 /** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
 const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
 
 /** How a failed call relates to the peer it was sent to. */
 export interface FailureKind {
-  /** The peer could not be reached: it should get no calls for a while. */
+  /**
+   * The peer could not be reached, or the connection to it was lost: it should
+   * get no calls for a while. Resending such a call takes nothing from the
+   * retry budget: the budget keeps retries from piling onto servers that
+   * answer (overloaded ones), and the ejection already keeps calls away from
+   * this one — while a crash fails all of a peer's calls in flight at once.
+   */
   readonly unreachable: boolean;
   /** Sending the call again, to another peer, cannot repeat a side effect. */
   readonly retryable: boolean;
@@ -31,6 +38,25 @@ export function classifyFailure(error: ConnectError, method: DescMethod): Failur
     return { unreachable: false, retryable: isIdempotent(method) };
   }
   return ordinary;
+}
+
+/**
+ * The error of a failed attempt as the balancer should see it. connect-node
+ * reports the calls of a connection that died as Canceled ("http/2 stream
+ * closed with error code CANCEL") or Aborted ("read ECONNRESET"), the codes
+ * of a caller's own cancellation; when the caller did not cancel and no
+ * server sent that status, the connection was lost: Unavailable, "lost".
+ */
+export function asPeerFailure(error: ConnectError, callerAborted: boolean): ConnectError {
+  const misreported =
+    (error.code === Code.Canceled || error.code === Code.Aborted) &&
+    !callerAborted &&
+    deliveryOf(error) === undefined &&
+    !error.metadata.has(headerGrpcStatus);
+  if (!misreported) {
+    return error;
+  }
+  return markDelivery(new ConnectError(`connection lost: ${error.rawMessage}`, Code.Unavailable, error.metadata, undefined, error), "lost");
 }
 
 /** For transports that do not mark their errors (connect-node's, fetch's causes): the request provably never left. */

@@ -185,8 +185,7 @@ export abstract class GrpcCall {
           rstCode: stream.rstCode ?? 0,
           connected: connection.connected,
           goawayLastStreamId: connection.goawayLastStreamId,
-          // before the connection was up, its error (ECONNREFUSED…) says more than the stream's
-          cause: connection.connected ? (this.cause ?? connection.error) : (connection.error ?? this.cause),
+          cause: this.cause ?? connection.error,
         }),
       );
       return;

@@ -29,7 +29,9 @@ export function streamFailure(ended: EndedStream): ConnectError {
   const { address, streamId, rstCode, cause } = ended;
   const why = cause?.message ?? (rstCode === 0 ? "stream closed without a status" : `stream reset with HTTP/2 error code ${rstCode}`);
   if (!ended.connected) {
-    return unavailable(`cannot connect to ${address}: ${why}`, "unprocessed", cause);
+    // Node cancels the pending stream "caused by" the connection's error: name that one.
+    const connectError = cause?.cause instanceof Error ? cause.cause : cause;
+    return unavailable(`cannot connect to ${address}: ${connectError?.message ?? why}`, "unprocessed", connectError);
   }
   if (streamId === undefined) {
     return unavailable(`request not sent to ${address}: ${why}`, "unprocessed", cause);

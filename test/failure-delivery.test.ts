@@ -1,0 +1,96 @@
+// What the balancer does with what became of a failed request: calls lost on
+// an instance that crashed are resent when that is safe, requests that never
+// reached a server are resent whatever the method and the retry budget, and
+// a call that failed everywhere says how it failed on each peer.
+import { afterEach, describe, expect, it } from "vitest";
+import { Code, createClient, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { EchoService } from "../gen/test/echo/v1/echo_pb.js";
+import { createBalancedTransport, deliveryOf, staticDiscovery, type BalancedTransport, type Peer } from "../src/index.js";
+import { nodeHttp2Transport } from "../src/node/index.js";
+import { freePort } from "../support/etcd.js";
+import { startEchoServer, type EchoServer } from "../support/echo-server.js";
+import { eventRecorder, rejection, until } from "./helpers.js";
+
+const servers: EchoServer[] = [];
+const transports: BalancedTransport[] = [];
+
+afterEach(async () => {
+  await Promise.all(transports.splice(0).map((t) => t.close()));
+  await Promise.all(servers.splice(0).map((s) => s.stop()));
+});
+
+async function echoServers(count: number): Promise<EchoServer[]> {
+  const started = await Promise.all(Array.from({ length: count }, () => startEchoServer({ kind: "connect-node" })));
+  servers.push(...started);
+  return started;
+}
+
+const factories: [string, (peer: Peer) => Transport][] = [
+  ["nodeHttp2Transport()", nodeHttp2Transport()],
+  ["connect-node's createGrpcTransport", (peer) => createGrpcTransport({ baseUrl: peer.url })],
+];
+
+function balanced(endpoints: string[], transport: (peer: Peer) => Transport, onEvent = eventRecorder().onEvent) {
+  const created = createBalancedTransport({ service: "echo", discovery: staticDiscovery(endpoints), transport, onEvent });
+  transports.push(created);
+  return created;
+}
+
+describe.each(factories)("an instance that crashes with calls in flight, per-peer transports from %s", (_name, factory) => {
+  it("costs no idempotent call: each is resent to a live peer, and the dead one is ejected", async () => {
+    const [doomed, ...live] = await echoServers(3);
+    const recorder = eventRecorder();
+    const client = createClient(EchoService, balanced(servers.map((s) => `grpc://${s.address}`), factory, recorder.onEvent));
+    const ejected = recorder.next("peer_ejected");
+    const calls = Array.from({ length: 30 }, () => client.echo({ delayMs: 300 }));
+    await until(() => doomed!.stats.calls >= 5, { what: "calls in flight on the doomed instance" });
+    await doomed!.kill();
+    const answers = await Promise.all(calls);
+    expect(answers.filter((a) => a.servedBy === doomed!.address)).toEqual([]);
+    expect(new Set(answers.map((a) => a.servedBy))).toEqual(new Set(live.map((s) => s.address)));
+    expect((await ejected).address).toBe(doomed!.address);
+  });
+
+  it("fails a Write in flight as Unavailable, connection lost — not as the caller's Canceled — and does not resend it", async () => {
+    const [doomed] = await echoServers(2);
+    const client = createClient(EchoService, balanced(servers.map((s) => `grpc://${s.address}`), factory));
+    const writes = Array.from({ length: 10 }, () => client.write({ delayMs: 300 }).then(() => undefined, (error: unknown) => error));
+    await until(() => doomed!.stats.calls >= 1, { what: "a write in flight on the doomed instance" });
+    await doomed!.kill();
+    const failures = (await Promise.all(writes)).filter((error) => error !== undefined);
+    expect(failures.length).toBe(doomed!.stats.calls);
+    for (const failure of failures) {
+      const error = await rejection(Promise.reject(failure));
+      expect(error.code).toBe(Code.Unavailable);
+      expect(deliveryOf(error)).toBe("lost");
+      expect(error.message).toContain(`(peer ${doomed!.address} of "echo")`);
+    }
+    expect(servers[1]!.stats.calls).toBe(10 - failures.length);
+  });
+});
+
+describe("requests that never reached a server", () => {
+  it("are resent whatever the method and beyond the retry budget: 60 concurrent Writes, one instance of three refusing connections", async () => {
+    const live = await echoServers(2);
+    const dead = `127.0.0.1:${await freePort()}`;
+    const client = createClient(EchoService, balanced([`grpc://${dead}`, ...live.map((s) => `grpc://${s.address}`)], nodeHttp2Transport()));
+    // A fifth of 60 calls in flight may be retries; a third of them start on the dead instance.
+    const results = await Promise.allSettled(Array.from({ length: 60 }, () => client.write({})));
+    expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+    expect(live[0]!.stats.calls + live[1]!.stats.calls).toBe(60);
+  });
+});
+
+describe("a call that failed on every peer it tried", () => {
+  it("says how it failed on each", async () => {
+    const first = `127.0.0.1:${await freePort()}`;
+    const second = `127.0.0.1:${await freePort()}`;
+    const client = createClient(EchoService, balanced([`grpc://${first}`, `grpc://${second}`], nodeHttp2Transport()));
+    const error = await rejection(client.echo({}));
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.message).toMatch(/2 peers tried, earlier: 127\.0\.0\.1:\d+: \[unavailable\] cannot connect to 127\.0\.0\.1:\d+: connect ECONNREFUSED/);
+    expect(error.message).toContain(first);
+    expect(error.message).toContain(second);
+  });
+});
