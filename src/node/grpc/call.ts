@@ -44,11 +44,11 @@ export abstract class GrpcCall {
   constructor(
     protected readonly settings: CallSettings,
     private readonly signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
+    timerMs: number | undefined,
   ) {
     this.reader = new EnvelopeReader(settings.readMaxBytes);
-    if (timeoutMs !== undefined) {
-      this.timer = setTimeout(onDeadline, timeoutMs, this);
+    if (timerMs !== undefined) {
+      this.timer = setTimeout(onDeadline, timerMs, this);
     }
     signal?.addEventListener("abort", this);
   }
@@ -59,16 +59,7 @@ export abstract class GrpcCall {
     try {
       stream = connection.request(headers);
     } catch (error) {
-      this.end(
-        streamFailure({
-          address: this.settings.address,
-          streamId: undefined,
-          rstCode: 0,
-          connected: connection.connected,
-          goawayLastStreamId: undefined,
-          cause: error as Error,
-        }),
-      );
+      this.end(refusedRequest(error as Error & { code?: string }, this.settings.address, connection.connected));
       return undefined;
     }
     (stream as CallStream)[callOf] = this;
@@ -133,6 +124,7 @@ export abstract class GrpcCall {
     const header = toHeaders(headers);
     this.header = header;
     try {
+      keepMalformedMessage(header);
       const { compression, headerError } = validateResponseWithCompression(this.settings.acceptCompression, Number(headers[":status"]), header);
       this.compression = compression ?? null;
       this.headerError = headerError;
@@ -171,42 +163,79 @@ export abstract class GrpcCall {
 
   /** @internal the stream closed: the only place a call that was not failed by the client ends. */
   receiveClose(): void {
-    const stream = this.stream!;
     this.connection!.release();
-    if (this.ended) {
-      return;
-    }
-    if (this.header === undefined || (!this.statusInHeader && !this.trailerReceived)) {
-      const connection = this.connection!;
-      this.end(
-        streamFailure({
-          address: this.settings.address,
-          streamId: stream.id,
-          rstCode: stream.rstCode ?? 0,
-          connected: connection.connected,
-          goawayLastStreamId: connection.goawayLastStreamId,
-          cause: this.cause ?? connection.error,
-        }),
-      );
-      return;
-    }
-    if (this.statusInHeader) {
-      this.end(this.headerError);
-      return;
-    }
-    try {
-      validateTrailer(this.trailer, this.header);
-      this.end(this.reader.buffered > 0 ? new ConnectError("protocol error: incomplete message at the end of the stream", Code.Internal) : undefined);
-    } catch (error) {
-      this.end(ConnectError.from(error));
+    if (!this.ended) {
+      this.end(this.outcome(this.stream!));
     }
   }
+
+  /** How a stream that closed by itself ended: its status, or what the lack of one means. */
+  private outcome(stream: http2.ClientHttp2Stream): ConnectError | undefined {
+    const statusReceived = this.statusInHeader || this.trailerReceived;
+    const connection = this.connection!;
+    // A lost connection ends a stream's readable side too: only a stream that ended
+    // without a reset or error, on a live connection, ended by the server's choice.
+    // (node:http2 reports a reset after the response headers of a request that was
+    // sent in full as such an end, with rstCode 0: no client can tell them apart.)
+    const endedCleanly = stream.readableEnded && (stream.rstCode ?? 0) === 0 && this.cause === undefined && !connection.session.destroyed;
+    if (this.header !== undefined && !statusReceived && endedCleanly) {
+      return new ConnectError("protocol error: missing status", Code.Internal);
+    }
+    if (this.header === undefined || !statusReceived) {
+      return streamFailure({
+        address: this.settings.address,
+        streamId: stream.id,
+        rstCode: stream.rstCode ?? 0,
+        connected: connection.connected,
+        goawayLastStreamId: connection.goawayLastStreamId,
+        cause: this.cause ?? connection.error,
+      });
+    }
+    if (this.statusInHeader) {
+      return this.headerError;
+    }
+    try {
+      keepMalformedMessage(this.trailer);
+      validateTrailer(this.trailer, this.header);
+    } catch (error) {
+      return ConnectError.from(error);
+    }
+    return this.reader.buffered > 0 ? new ConnectError("protocol error: incomplete message at the end of the stream", Code.Internal) : undefined;
+  }
+
 }
 
 /** The error of a call whose caller aborted it: Canceled, marked as the caller's doing (unless the reason carries another code). */
 export function canceledBy(signal: AbortSignal): ConnectError {
   const error = ConnectError.from(signal.reason, Code.Canceled);
   return error.code === Code.Canceled ? markDelivery(error, "canceled") : error;
+}
+
+/** Session states in which node:http2 refuses a new stream: the peer's doing, and the request never left. */
+const sessionGone = new Set(["ERR_HTTP2_INVALID_SESSION", "ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_OUT_OF_STREAMS"]);
+
+/** Why node:http2 refused to open the stream: a session that cannot take it, or a request it will not send (a bad header). */
+function refusedRequest(error: Error & { code?: string }, address: string, connected: boolean): ConnectError {
+  if (error.code !== undefined && sessionGone.has(error.code)) {
+    return streamFailure({ address, streamId: undefined, rstCode: 0, connected, goawayLastStreamId: undefined, cause: error });
+  }
+  return new ConnectError(`invalid request to ${address}: ${error.message}`, Code.InvalidArgument, undefined, undefined, error);
+}
+
+/**
+ * A grpc-message that is not valid percent-encoding is kept as it is: the
+ * gRPC spec says a client must not fail on it, and connect's parser would
+ * replace the server's status with "URI malformed".
+ */
+function keepMalformedMessage(headers: Headers): void {
+  const message = headers.get("grpc-message");
+  if (message !== null && message.includes("%")) {
+    try {
+      decodeURIComponent(message);
+    } catch {
+      headers.set("grpc-message", encodeURIComponent(message));
+    }
+  }
 }
 
 function onDeadline(call: GrpcCall): void {

@@ -15,6 +15,12 @@ export interface ConnectionOptions {
   readonly pingIdleConnection?: boolean;
   /** Close a connection that had no call for this long (default 15 minutes). */
   readonly idleConnectionTimeoutMs?: number;
+  /**
+   * Give up on a connection not established within this time (default 10,000):
+   * its calls fail as never sent, so a peer that swallows packets costs calls
+   * without a deadline 10 s instead of hanging them.
+   */
+  readonly connectTimeoutMs?: number;
 }
 
 /**
@@ -42,7 +48,13 @@ export class Connection {
     // Without an error listener a connection error or GOAWAY on an idle session
     // would be an uncaught exception (connect-es #1768).
     session.on("error", (error) => (this.error ??= error));
-    session.once("connect", () => (this.connected = true));
+    const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    const connectTimer = setTimeout(() => this.close(new Error(`connection not established within ${connectTimeoutMs} ms`)), connectTimeoutMs).unref();
+    session.once("connect", () => {
+      this.connected = true;
+      clearTimeout(connectTimer);
+    });
+    session.once("close", () => clearTimeout(connectTimer));
     session.on("goaway", (_code: number, lastStreamId: number) => {
       this.goawayLastStreamId = lastStreamId;
       this.onGone(this);

@@ -9,12 +9,13 @@ export interface Envelope {
 const prefixBytes = 5;
 
 /**
- * Splits HTTP/2 DATA chunks into gRPC envelopes, each message in a buffer of
- * its own: a plain Uint8Array (not a Node Buffer), so that protobuf-es' bytes
- * fields, which are views on it, behave as everywhere else and do not keep a
- * whole network chunk alive. A message is copied once, whatever the number of
- * chunks it came in. A declared size above readMaxBytes fails before any of
- * it is buffered.
+ * Splits HTTP/2 DATA chunks into gRPC envelopes, each message a plain
+ * Uint8Array (not a Node Buffer), so that protobuf-es' bytes fields, which are
+ * views on it, behave as everywhere else and do not keep a whole network
+ * chunk alive: a message is copied out of the chunk it came in, or, when it
+ * was joined from several chunks, is a view on the joined buffer — one copy
+ * either way. A declared size above readMaxBytes fails before any of it is
+ * buffered.
  */
 export class EnvelopeReader {
   private pending: Uint8Array[] = [];

@@ -1,14 +1,15 @@
 /// <reference types="node" />
-import { ConnectError, createContextValues, type Interceptor, type StreamResponse, type Transport, type UnaryResponse } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createMethodUrl, runStreamingCall, runUnaryCall, validateReadWriteMaxBytes, type Compression } from "@connectrpc/connect/protocol";
-import type { BinaryReadOptions, BinaryWriteOptions, DescMessage, DescMethodStreaming, DescMethodUnary, JsonReadOptions, JsonWriteOptions } from "@bufbuild/protobuf";
-import { canceledBy, type CallSettings } from "./call.js";
-import { createCodecCache, encodeMessage, type CodecOptions } from "./codec.js";
+import type { BinaryReadOptions, BinaryWriteOptions, DescMethod, JsonReadOptions, JsonWriteOptions } from "@bufbuild/protobuf";
+import { deliveryOf, markDelivery } from "../../transport/delivery.js";
+import type { ClientContext } from "./client-context.js";
+import { createCodecCache, type CodecOptions } from "./codec.js";
 import { brotli, gzip } from "./compression.js";
 import { PeerConnection, type ConnectionOptions } from "./connection.js";
 import { createRequestHeaders } from "./request-headers.js";
-import { StreamCall } from "./stream-call.js";
-import { UnaryCall } from "./unary-call.js";
+import { callStream } from "./stream-call.js";
+import { callUnary } from "./unary-call.js";
 
 /** The options of connect-node's gRPC transport that apply to one peer over one HTTP/2 connection. */
 export interface GrpcClientOptions extends ConnectionOptions {
@@ -29,19 +30,59 @@ export interface GrpcClientOptions extends ConnectionOptions {
   readonly interceptors?: Interceptor[];
 }
 
-/** Where the client sends: the peer's base URL and its "host:port". */
-export interface GrpcTarget {
-  readonly url: string;
-  readonly address: string;
-}
-
 /**
  * connect's Transport for one peer, implemented on node:http2 directly: one
  * connection, a unary call without async-iterator plumbing, no AbortController
  * unless the caller passed a signal, and every failure marked with what
  * became of its request (deliveryOf()).
  */
-export function createGrpcClientTransport(target: GrpcTarget, options: GrpcClientOptions = {}): Transport & { close(): void } {
+export function createGrpcClientTransport(peer: { readonly url: string; readonly address: string }, options: GrpcClientOptions = {}): Transport & { close(): void } {
+  const context = createClientContext(peer, options);
+  const interceptors = options.interceptors ?? [];
+  const timeoutOf = (timeoutMs: number | undefined) => {
+    const ms = timeoutMs ?? options.defaultTimeoutMs;
+    return ms === undefined || ms <= 0 ? undefined : ms;
+  };
+  return {
+    unary(method, signal, timeoutMs, header, input, contextValues) {
+      const timeout = timeoutOf(timeoutMs);
+      if (interceptors.length === 0) {
+        return callUnary(context, method, signal, timeout, header, input);
+      }
+      return keepCanceledMark(
+        signal,
+        runUnaryCall({
+          interceptors,
+          signal,
+          timeoutMs: timeout,
+          req: { ...interceptedRequest(peer.url, method, header, contextValues), stream: false, method, message: input },
+          next: (req) => callUnary(context, req.method, req.signal, timeout, req.header, req.message),
+        }),
+      );
+    },
+    stream(method, signal, timeoutMs, header, input, contextValues) {
+      const timeout = timeoutOf(timeoutMs);
+      if (interceptors.length === 0) {
+        return callStream(context, method, signal, timeout, header, input);
+      }
+      return keepCanceledMark(
+        signal,
+        runStreamingCall({
+          interceptors,
+          signal,
+          timeoutMs: timeout,
+          req: { ...interceptedRequest(peer.url, method, header, contextValues), stream: true, method, message: input },
+          next: (req) => callStream(context, req.method, req.signal, timeout, req.header, req.message),
+        }),
+      );
+    },
+    close() {
+      context.connection.close();
+    },
+  };
+}
+
+function createClientContext(peer: { readonly url: string; readonly address: string }, options: GrpcClientOptions): ClientContext {
   const limits = validateReadWriteMaxBytes(options.readMaxBytes, options.writeMaxBytes, options.compressMinBytes);
   const acceptCompression = options.acceptCompression ?? [gzip, brotli];
   const codecOptions: CodecOptions = {
@@ -52,94 +93,37 @@ export function createGrpcClientTransport(target: GrpcTarget, options: GrpcClien
     compressMinBytes: limits.compressMinBytes,
     writeMaxBytes: limits.writeMaxBytes,
   };
-  const settings: CallSettings = { address: target.address, acceptCompression, readMaxBytes: limits.readMaxBytes };
-  const codecs = createCodecCache(codecOptions);
-  const base = new URL(target.url);
-  const requestHeaders = createRequestHeaders({
-    authority: base.host,
-    pathPrefix: base.pathname.replace(/\/+$/, ""),
-    useBinaryFormat: codecOptions.useBinaryFormat,
-    acceptCompression,
-    sendCompression: codecOptions.sendCompression,
-  });
-  const connection = new PeerConnection(base.origin, options);
-  const interceptors = options.interceptors ?? [];
-
-  function unary<I extends DescMessage, O extends DescMessage>(
-    method: DescMethodUnary<I, O>,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    header: HeadersInit | undefined,
-    input: unknown,
-  ): Promise<UnaryResponse<I, O>> {
-    if (signal?.aborted === true) {
-      return Promise.reject(canceledBy(signal));
-    }
-    const codec = codecs(method);
-    const send = (body: Uint8Array) =>
-      new Promise<UnaryResponse<I, O>>((resolve, reject) => {
-        const on = connection.acquire();
-        new UnaryCall(settings, signal, timeoutMs, method, codec, resolve, reject).send(on, requestHeaders(method, timeoutMs, header), body);
-      });
-    try {
-      const body = encodeMessage(codec, input, codecOptions);
-      return body instanceof Uint8Array ? send(body) : body.then(send);
-    } catch (error) {
-      return Promise.reject(ConnectError.from(error));
-    }
-  }
-
-  function stream<I extends DescMessage, O extends DescMessage>(
-    method: DescMethodStreaming<I, O>,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    header: HeadersInit | undefined,
-    input: AsyncIterable<unknown>,
-  ): Promise<StreamResponse<I, O>> {
-    if (signal?.aborted === true) {
-      return Promise.reject(canceledBy(signal));
-    }
-    const codec = codecs(method);
-    return new Promise((resolve, reject) => {
-      const on = connection.acquire();
-      new StreamCall(settings, signal, timeoutMs, method, codec, codecOptions, resolve, reject).send(on, requestHeaders(method, timeoutMs, header), input);
-    });
-  }
-
-  const timeoutOf = (timeoutMs: number | undefined) => {
-    const ms = timeoutMs ?? options.defaultTimeoutMs;
-    return ms === undefined || ms <= 0 ? undefined : ms;
-  };
-
+  const base = new URL(peer.url);
   return {
-    unary(method, signal, timeoutMs, header, input, contextValues) {
-      const timeout = timeoutOf(timeoutMs);
-      if (interceptors.length === 0) {
-        return unary(method, signal, timeout, header, input);
-      }
-      return runUnaryCall({
-        interceptors,
-        signal,
-        timeoutMs: timeout,
-        req: { stream: false, service: method.parent, method, requestMethod: "POST", url: createMethodUrl(target.url, method), header: new Headers(header), contextValues: contextValues ?? createContextValues(), message: input },
-        next: (req) => unary(req.method, req.signal, timeout, req.header, req.message),
-      });
-    },
-    stream(method, signal, timeoutMs, header, input, contextValues) {
-      const timeout = timeoutOf(timeoutMs);
-      if (interceptors.length === 0) {
-        return stream(method, signal, timeout, header, input);
-      }
-      return runStreamingCall({
-        interceptors,
-        signal,
-        timeoutMs: timeout,
-        req: { stream: true, service: method.parent, method, requestMethod: "POST", url: createMethodUrl(target.url, method), header: new Headers(header), contextValues: contextValues ?? createContextValues(), message: input },
-        next: (req) => stream(req.method, req.signal, timeout, req.header, req.message),
-      });
-    },
-    close() {
-      connection.close();
-    },
+    settings: { address: peer.address, acceptCompression, readMaxBytes: limits.readMaxBytes },
+    codecOptions,
+    codecs: createCodecCache(codecOptions),
+    requestHeaders: createRequestHeaders({
+      authority: base.host,
+      pathPrefix: base.pathname.replace(/\/+$/, ""),
+      useBinaryFormat: codecOptions.useBinaryFormat,
+      acceptCompression,
+      sendCompression: codecOptions.sendCompression,
+    }),
+    connection: new PeerConnection(base.origin, options),
   };
+}
+
+/** The request fields interceptors see besides the message (built only when there are interceptors). */
+function interceptedRequest(baseUrl: string, method: DescMethod, header: HeadersInit | undefined, contextValues: ReturnType<typeof createContextValues> | undefined) {
+  return {
+    service: method.parent,
+    requestMethod: "POST",
+    url: createMethodUrl(baseUrl, method),
+    header: new Headers(header),
+    contextValues: contextValues ?? createContextValues(),
+  };
+}
+
+/** connect's runUnaryCall/runStreamingCall rewrap a caller's abort: mark it again as the caller's doing. */
+function keepCanceledMark<T>(signal: AbortSignal | undefined, call: Promise<T>): Promise<T> {
+  return call.catch((error: unknown) => {
+    const failure = ConnectError.from(error);
+    throw signal?.aborted === true && failure.code === Code.Canceled && deliveryOf(failure) === undefined ? markDelivery(failure, "canceled") : failure;
+  });
 }

@@ -1,6 +1,7 @@
 import type { OutgoingHttpHeaders } from "node:http2";
 import type { DescMethod } from "@bufbuild/protobuf";
 import type { Compression } from "@connectrpc/connect/protocol";
+import { Code, ConnectError } from "@connectrpc/connect";
 
 export interface RequestHeaderOptions {
   /** "host:port" of the peer; IPv6 bracketed, which Node's client would otherwise leave out. */
@@ -42,9 +43,10 @@ export function createRequestHeaders(options: RequestHeaderOptions) {
     }
     const headers: OutgoingHttpHeaders = {};
     if (callerHeader !== undefined) {
-      (callerHeader instanceof Headers ? callerHeader : new Headers(callerHeader)).forEach((value, name) => {
+      toHeaders(callerHeader).forEach((value, name) => {
         headers[name] = value;
       });
+      delete headers["host"]; // :authority names the peer
     }
     const userAgent = headers["user-agent"];
     Object.assign(headers, fixed); // the protocol's fields win over the caller's, as in connect
@@ -54,8 +56,19 @@ export function createRequestHeaders(options: RequestHeaderOptions) {
     headers[":path"] = path;
     if (timeoutMs !== undefined) {
       // grpc-timeout allows 8 digits: beyond ~27 hours, whole seconds
-      headers["grpc-timeout"] = timeoutMs <= 99_999_999 ? `${timeoutMs}m` : `${Math.min(99_999_999, Math.ceil(timeoutMs / 1000))}S`;
+      headers["grpc-timeout"] = timeoutMs <= 99_999_999 ? `${Math.ceil(timeoutMs)}m` : `${Math.min(99_999_999, Math.ceil(timeoutMs / 1000))}S`;
     }
     return headers;
   };
+}
+
+function toHeaders(init: HeadersInit): Headers {
+  if (init instanceof Headers) {
+    return init;
+  }
+  try {
+    return new Headers(init);
+  } catch (error) {
+    throw new ConnectError(`invalid request header: ${(error as Error).message}`, Code.InvalidArgument);
+  }
 }

@@ -3,12 +3,28 @@ import type { DescMessage, DescMethodStreaming, MessageShape } from "@bufbuild/p
 import type { ClientHttp2Stream, OutgoingHttpHeaders } from "node:http2";
 import { markDelivery } from "../../transport/delivery.js";
 import { GrpcCall, type CallSettings } from "./call.js";
+import { prepareCall, type ClientContext } from "./client-context.js";
 import { encodeMessage, parseEnvelope, type CodecOptions, type MethodCodec } from "./codec.js";
 import type { Connection } from "./connection.js";
 import type { Envelope } from "./envelope-reader.js";
 
 /** Envelopes read ahead of the caller before the stream is paused (HTTP/2 flow control then holds the peer). */
 const readAhead = 32;
+
+/** Starts a streaming call; resolves with the response once its headers arrive. */
+export function callStream<I extends DescMessage, O extends DescMessage>(
+  context: ClientContext,
+  method: DescMethodStreaming<I, O>,
+  signal: AbortSignal | undefined,
+  timeoutMs: number | undefined,
+  header: HeadersInit | undefined,
+  input: AsyncIterable<unknown>,
+): Promise<StreamResponse<I, O>> {
+  return new Promise((resolve, reject) => {
+    const { headers, connection, timerMs } = prepareCall(context, method, signal, timeoutMs, header);
+    new StreamCall(context.settings, signal, timerMs, method, context.codecs(method), context.codecOptions, resolve, reject).send(connection, headers, input);
+  });
+}
 
 /**
  * A streaming call: the request messages are written as the caller's
@@ -17,7 +33,9 @@ const readAhead = 32;
  */
 export class StreamCall<I extends DescMessage, O extends DescMessage> extends GrpcCall implements AsyncIterator<MessageShape<O>> {
   private readonly queue: Envelope[] = [];
-  private waiter: { resolve: () => void } | undefined;
+  /** Callers of next() waiting for an envelope or the end; several when next() is called again before it settled. */
+  private waiters: (() => void)[] = [];
+  private returned = false;
   private endError: ConnectError | undefined;
   private done = false;
   private responded = false;
@@ -49,6 +67,9 @@ export class StreamCall<I extends DescMessage, O extends DescMessage> extends Gr
           return;
         }
         const envelope = await encodeMessage(this.codec, message, this.codecOptions);
+        if (this.isEnded) {
+          return; // ended while compressing
+        }
         if (!stream.write(envelope)) {
           await drained(stream);
         }
@@ -115,31 +136,37 @@ export class StreamCall<I extends DescMessage, O extends DescMessage> extends Gr
         }
       }
       if (this.done) {
-        if (this.endError !== undefined) {
+        if (this.endError !== undefined && !this.returned) {
           throw this.endError;
         }
         return { done: true, value: undefined };
       }
-      await new Promise<void>((resolve) => (this.waiter = { resolve }));
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
   }
 
   /** The caller stopped reading: the call is cancelled, and the peer is told with RST_STREAM. */
   async return(): Promise<IteratorResult<MessageShape<O>>> {
+    this.returned = true;
     this.fail(markDelivery(new ConnectError("the caller stopped reading the response", Code.Canceled), "canceled"));
     this.queue.length = 0;
     return { done: true, value: undefined };
   }
 
   private wake(): void {
-    const waiter = this.waiter;
-    this.waiter = undefined;
-    waiter?.resolve();
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const resolve of waiters) {
+      resolve();
+    }
   }
 }
 
 /** Resolves when the stream can take more data, or has closed. */
 function drained(stream: ClientHttp2Stream): Promise<void> {
+  if (stream.destroyed || stream.closed) {
+    return Promise.resolve();
+  }
   return new Promise((resolve) => {
     const done = () => {
       stream.off("drain", done);

@@ -1,10 +1,38 @@
 import { Code, ConnectError, type UnaryResponse } from "@connectrpc/connect";
 import type { DescMessage, DescMethodUnary, MessageShape } from "@bufbuild/protobuf";
 import { GrpcCall, type CallSettings } from "./call.js";
+import { prepareCall, remainingMs, type ClientContext } from "./client-context.js";
+import { encodeMessage, parseEnvelope, type MethodCodec } from "./codec.js";
 import type { Connection } from "./connection.js";
 import type { Envelope } from "./envelope-reader.js";
 import type { OutgoingHttpHeaders } from "node:http2";
-import { parseEnvelope, type MethodCodec } from "./codec.js";
+
+/** Sends one unary call: the request is encoded (and compressed) before its stream opens. */
+export function callUnary<I extends DescMessage, O extends DescMessage>(
+  context: ClientContext,
+  method: DescMethodUnary<I, O>,
+  signal: AbortSignal | undefined,
+  timeoutMs: number | undefined,
+  header: HeadersInit | undefined,
+  input: unknown,
+): Promise<UnaryResponse<I, O>> {
+  const codec = context.codecs(method);
+  const send = (body: Uint8Array, timeout: number | undefined) =>
+    new Promise<UnaryResponse<I, O>>((resolve, reject) => {
+      const { headers, connection, timerMs } = prepareCall(context, method, signal, timeout, header);
+      new UnaryCall(context.settings, signal, timerMs, method, codec, resolve, reject).send(connection, headers, body);
+    });
+  try {
+    const body = encodeMessage(codec, input, context.codecOptions);
+    if (body instanceof Uint8Array) {
+      return send(body, timeoutMs);
+    }
+    const startedAt = performance.now();
+    return body.then((compressed) => send(compressed, remainingMs(timeoutMs, startedAt)));
+  } catch (error) {
+    return Promise.reject(ConnectError.from(error));
+  }
+}
 
 /**
  * A unary call without an async pipeline: the request is one buffer written
