@@ -36,6 +36,7 @@ import {
   type ServerStreamRequest,
   type WriteRequest,
 } from "../gen/test/echo/v1/echo_pb.js";
+import { withBracketedAuthority } from "./user-server.js";
 
 export type EchoServerKind = "grpc-js" | "connect-node";
 
@@ -426,22 +427,6 @@ async function* serverStreamMessages(core: EchoCore, request: ServerStreamReques
     await wait(request.delayMs, signal);
     yield { index, payload: patternPayload(request.payloadBytes), servedBy: core.address };
   }
-}
-
-/**
- * Node's http2 client sends an IPv6 :authority without brackets ("::1:9000"),
- * which connect-node's server cannot parse into a URL; grpc-go accepts it.
- * Put the brackets back so the IPv6 tests reach the service.
- */
-function withBracketedAuthority(handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void) {
-  return (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
-    const authority = req.headers[":authority"];
-    if (typeof authority === "string" && /^[0-9a-f:]+:\d+$/i.test(authority) && authority.split(":").length > 2) {
-      const colon = authority.lastIndexOf(":");
-      req.headers[":authority"] = `[${authority.slice(0, colon)}]${authority.slice(colon)}`;
-    }
-    handler(req, res);
-  };
 }
 
 // --- @grpc/grpc-js ---

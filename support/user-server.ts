@@ -85,7 +85,7 @@ export async function startUserServer({ host = "127.0.0.1", port = 0, httpVersio
  * which connect-node's server cannot parse into a URL; grpc-go accepts it.
  * Put the brackets back so the IPv6 tests reach the service.
  */
-function withBracketedAuthority(handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void) {
+export function withBracketedAuthority(handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void) {
   return (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
     const authority = req.headers[":authority"];
     if (typeof authority === "string" && /^[0-9a-f:]+:\d+$/i.test(authority) && authority.split(":").length > 2) {
