@@ -94,3 +94,26 @@ describe("a call that failed on every peer it tried", () => {
     expect(error.message).toContain(second);
   });
 });
+
+describe.each(factories)("an instance shutting down gracefully (GOAWAY), per-peer transports from %s", (_name, factory) => {
+  it("costs no call of any method: calls in flight finish, new ones go to the others", async () => {
+    const [leaving, ...staying] = await echoServers(3);
+    const client = createClient(EchoService, balanced(servers.map((s) => `grpc://${s.address}`), factory));
+    let shutdown: Promise<void> | undefined;
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, async (_, caller) => {
+        const served: string[] = [];
+        for (let i = 0; i < 25; i++) {
+          served.push((await client.write({ delayMs: 5 })).servedBy);
+          if (caller === 0 && i === 5) shutdown = leaving!.shutdown();
+        }
+        return served;
+      }),
+    );
+    await shutdown;
+    expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+    const served = results.flatMap((r) => (r.status === "fulfilled" ? r.value : []));
+    expect(served).toHaveLength(200);
+    expect(staying[0]!.stats.calls + staying[1]!.stats.calls + leaving!.stats.calls).toBe(200);
+  });
+});
