@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { Code, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EchoService } from "../gen/test/echo/v1/echo_pb.js";
-import { createBalancedTransport, deliveryOf, staticDiscovery, type BalancedTransport, type Peer } from "../src/index.js";
+import { createBalancedTransport, deliveryOf, staticDiscovery, type Balancer, type BalancedTransport, type Peer } from "../src/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
 import { freePort } from "../support/etcd.js";
 import { startEchoServer, type EchoServer } from "../support/echo-server.js";
@@ -115,5 +115,54 @@ describe.each(factories)("an instance shutting down gracefully (GOAWAY), per-pee
     const served = results.flatMap((r) => (r.status === "fulfilled" ? r.value : []));
     expect(served).toHaveLength(200);
     expect(staying[0]!.stats.calls + staying[1]!.stats.calls + leaving!.stats.calls).toBe(200);
+  });
+});
+
+describe("the pick of a server stream that nobody reads to the end", () => {
+  /** A round-robin policy that records how each pick ended. */
+  function recordingBalancer() {
+    const ended: (Code | "ok")[] = [];
+    const balancer: Balancer = {
+      name: "recording",
+      build: (peers) => {
+        let next = 0;
+        return () => ({ peer: peers[next++ % peers.length]!, done: (result) => ended.push(result.error?.code ?? "ok") });
+      },
+    };
+    return { balancer, ended };
+  }
+
+  async function openStream(transport: BalancedTransport, signal?: AbortSignal) {
+    const input = (async function* () {
+      yield { count: 1_000, delayMs: 50 };
+    })();
+    return transport.stream(EchoService.method.serverStream, signal, undefined, undefined, input);
+  }
+
+  it.each(factories)("ends when the caller aborts, though the stream is never iterated (%s)", async (_name, factory) => {
+    const [server] = await echoServers(1);
+    const { balancer, ended } = recordingBalancer();
+    const transport = createBalancedTransport({ service: "echo", discovery: staticDiscovery([`grpc://${server!.address}`]), transport: factory, balancer });
+    transports.push(transport);
+    const controller = new AbortController();
+    const response = await openStream(transport, controller.signal);
+    expect(response.peer.address).toBe(server!.address);
+    expect(ended).toEqual([]);
+    controller.abort();
+    expect(ended).toEqual([Code.Canceled]);
+  });
+
+  it.each(factories)("ends when the balanced transport closes (%s)", async (_name, factory) => {
+    const [server] = await echoServers(1);
+    const { balancer, ended } = recordingBalancer();
+    const transport = createBalancedTransport({ service: "echo", discovery: staticDiscovery([`grpc://${server!.address}`]), transport: factory, balancer });
+    await openStream(transport);
+    await openStream(transport);
+    await transport.close();
+    expect(ended).toEqual([Code.Canceled, Code.Canceled]);
+    if (factory === factories[0]![1]) {
+      // nodeHttp2Transport() has close(): the connection goes, and the server sees both streams end
+      await until(() => server!.stats.cancelled === 2, { what: "the server seeing both streams cancelled" });
+    }
   });
 });

@@ -28,6 +28,7 @@ import { logProblems, notify, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { Ejections } from "./ejections.js";
+import { markDelivery } from "./delivery.js";
 import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
 import { RetryBudget } from "./retry-budget.js";
 import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
@@ -157,6 +158,8 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const retryBudget = new RetryBudget();
   let peerSet: PeerSet | undefined;
   let closed = false;
+  /** Ends the pick of each stream response not yet ended. */
+  const openStreams = new Set<(error?: unknown) => ConnectError | undefined>();
 
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
   async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
@@ -367,12 +370,18 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       attempt.responded = performance.now();
       let ended = false;
       const end = (error?: unknown) => {
-        if (!ended) {
-          ended = true;
-          return finish(attempt, error)?.error;
+        if (ended) {
+          return undefined;
         }
-        return undefined;
+        ended = true;
+        signal?.removeEventListener("abort", onAbort);
+        openStreams.delete(end);
+        return finish(attempt, error)?.error;
       };
+      // The pick ends when the caller aborts or the transport closes, also if nobody reads the stream.
+      const onAbort = () => end(markDelivery(new ConnectError("the caller aborted the stream", Code.Canceled), "canceled"));
+      signal?.addEventListener("abort", onAbort);
+      openStreams.add(end);
       return { ...response, peer: attempt.pick.peer, message: trackStream(response.message, end) };
     },
 
@@ -384,6 +393,10 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       if (!closed) {
         closed = true;
         cache.release();
+        const closing = markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled");
+        for (const end of [...openStreams]) {
+          end(closing);
+        }
         await pool.closeAll();
       }
     },
