@@ -10,8 +10,18 @@ export type BalancerEvent =
   | { readonly type: "discovery_failed"; readonly service: string; readonly error: ConnectError; readonly serving: boolean }
   /** The registry listed no instance any more; the last `instances` keep serving until it lists some again. */
   | { readonly type: "empty_registry_ignored"; readonly service: string; readonly revision: number; readonly instances: number }
-  /** A peer could not be reached; it gets no calls for `forMs` unless every peer is ejected. */
-  | { readonly type: "peer_ejected"; readonly service: string; readonly address: string; readonly forMs: number; readonly error: ConnectError }
+  /**
+   * A peer gets no calls for `forMs` (unless too few peers are healthy): it could not be
+   * reached or its connection was lost, or it failed too many calls in a row.
+   */
+  | {
+      readonly type: "peer_ejected";
+      readonly service: string;
+      readonly address: string;
+      readonly forMs: number;
+      readonly reason: "unreachable" | "consecutive_failures";
+      readonly error: ConnectError;
+    }
   /** A per-peer transport's close() failed when its peer left or the balancer closed. */
   | { readonly type: "peer_close_failed"; readonly service: string; readonly address: string; readonly error: unknown };
 
@@ -39,7 +49,7 @@ export const logProblems: EventListener = (event) => {
       break;
     case "peer_ejected":
       console.warn(
-        `connect-etcd-balancer: ${event.address} of "${event.service}" is unreachable (${event.error.rawMessage}); no calls for ${event.forMs} ms`,
+        `connect-etcd-balancer: ${event.address} of "${event.service}" ${event.reason === "unreachable" ? "is unreachable" : "failed too many calls in a row"} (${event.error.rawMessage}); no calls for ${event.forMs} ms`,
       );
       break;
     case "snapshot":

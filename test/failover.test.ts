@@ -70,16 +70,19 @@ describe("an instance that crashed but is still registered", () => {
         served.push(message.servedBy);
       }
     }
-    expect(countBy(served)).toEqual({ [live[0]!.address]: 26, [live[1]!.address]: 26 });
+    // the dead one serves nothing; the two live ones take turns (the picker is rebuilt over them once the dead one is out)
+    const counts = countBy(served);
+    expect(Object.keys(counts).sort()).toEqual(live.map((s) => s.address).sort());
+    expect(Math.abs(counts[live[0]!.address]! - counts[live[1]!.address]!)).toBeLessThanOrEqual(2);
     const ejected = recorder.events.filter((e) => e.type === "peer_ejected");
-    expect(ejected).toEqual([expect.objectContaining({ address: dead!.address, forMs: 10_000 })]);
+    expect(ejected).toEqual([expect.objectContaining({ address: dead!.address, forMs: 30_000, reason: "unreachable" })]);
   });
 
   it("gets server streams resent before their response starts", async () => {
     const [dead, live] = await instances("stream-crash-service", [{}, {}]);
     await dead!.stop();
     // no ejection: every other stream is first sent to the dead instance
-    const users = createPeerClient(UserService, balanced("stream-crash-service", { ejectionMs: 0, onEvent: () => {} }));
+    const users = createPeerClient(UserService, balanced("stream-crash-service", { outlierDetection: false, onEvent: () => {} }));
     for (let i = 0; i < 6; i++) {
       const stream = await users.listUsers({ count: 3 });
       const servedBy = [];
@@ -99,7 +102,7 @@ describe("an instance that crashed but is still registered", () => {
       UserService,
       balanced("random-dead-service", {
         balancer: "random",
-        ejectionMs: 0,
+        outlierDetection: false,
         onEvent: () => {},
         interceptors: [
           (next) => async (req) => {
@@ -119,7 +122,7 @@ describe("an instance that crashed but is still registered", () => {
     }
   });
 
-  it("with every peer ejected, still spreads calls as the balancer picks them", async () => {
+  it("with every peer down, ejects at most one of three (10 %, but one) and spreads calls over the others", async () => {
     const started = await instances("all-ejected-service", [{}, {}, {}]);
     await Promise.all(started.map((s) => s.stop()));
     const attempted: string[] = [];
@@ -134,8 +137,9 @@ describe("an instance that crashed but is still registered", () => {
     for (let i = 0; i < 33; i++) {
       await rejection(users.getUser({ id: "1" }));
     }
-    // the first three calls eject all three; round robin goes on taking them in turn
-    expect(countBy(attempted)).toEqual(Object.fromEntries(started.map((s) => [s.address, 11])));
+    // the first call ejects its peer; round robin takes the other two in turn, which stay in
+    const counts = Object.values(countBy(attempted)).sort((a, b) => a - b);
+    expect(counts).toEqual([1, 16, 16]);
   });
 
   it("survives onEvent listeners that throw or reject", async () => {
@@ -155,7 +159,7 @@ describe("an instance that crashed but is still registered", () => {
     // an async listener's rejection must not become an unhandled rejection either
     const rejecting = createPeerClient(
       UserService,
-      balanced("listener-service", { ejectionMs: 0, onEvent: async () => Promise.reject(new Error("broken async logger")) }),
+      balanced("listener-service", { outlierDetection: false, onEvent: async () => Promise.reject(new Error("broken async logger")) }),
     );
     for (let i = 0; i < 4; i++) {
       expect((await rejecting.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
@@ -210,7 +214,7 @@ describe("ring_hash over real servers", () => {
 describe("an instance that answers with errors", () => {
   it("gets idempotent reads retried elsewhere but never a write it may have applied", async () => {
     const [failing, healthy] = await instances("flaky-service", [{ failWith: Code.Unavailable }, {}]);
-    const users = createPeerClient(UserService, balanced("flaky-service"));
+    const users = createPeerClient(UserService, balanced("flaky-service", { outlierDetection: false }));
     for (let i = 0; i < 6; i++) {
       expect((await users.getUser({ id: "1" })).message.servedBy).toBe(healthy!.address);
     }

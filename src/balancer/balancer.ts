@@ -9,8 +9,9 @@ export interface PickRequest {
   readonly contextValues: ContextValues;
   /**
    * 0 for the first pick of a call; 1, 2, … when the transport asks again
-   * because the peer picked was ejected or already tried by this call. A
-   * deterministic policy (ring_hash) moves on to its next candidate.
+   * because this call already tried the peer picked (ejected peers are not
+   * in the picker's set at all). A deterministic policy (ring_hash) moves on
+   * to its next candidate.
    */
   readonly attempt: number;
 }

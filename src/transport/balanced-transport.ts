@@ -27,8 +27,9 @@ import type { Discovery } from "../discovery/discovery.js";
 import { logProblems, notify, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
-import { Ejections } from "./ejections.js";
-import { markDelivery } from "./delivery.js";
+import { HealthyPicker } from "./healthy-picker.js";
+import { OutlierDetection, outcomeOf, type OutlierDetectionOptions } from "./outlier-detection.js";
+import { deliveryOf, markDelivery } from "./delivery.js";
 import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
 import { RetryBudget } from "./retry-budget.js";
 import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
@@ -68,8 +69,12 @@ export interface BalancedTransportOptions {
    * since the failed peer is ejected at once.
    */
   readonly maxAttempts?: number;
-  /** How long a peer that could not be reached gets no calls, in ms (default 10,000). */
-  readonly ejectionMs?: number;
+  /**
+   * When peers get no calls for a while (see OutlierDetectionOptions for the
+   * defaults and why): at once when unreachable, after 5 consecutive
+   * server-side failures. `false` turns it off.
+   */
+  readonly outlierDetection?: OutlierDetectionOptions | false;
   /**
    * Keeps a background registry refresh alive on runtimes that freeze or end
    * work after the response: Cloudflare Workers' `waitUntil` from
@@ -115,7 +120,7 @@ export interface BalancedTransport extends Transport {
 
 const succeeded: CallResult = Object.freeze({});
 /** Ends a pick that was passed over before any call went out. */
-const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: ejected or already tried", Code.Canceled) });
+const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: this call already tried it", Code.Canceled) });
 const noneTried: ReadonlySet<string> = new Set<string>();
 
 /** One attempt of a call on one peer. */
@@ -150,11 +155,8 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
     throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
   }
-  const ejectionMs = options.ejectionMs ?? 10_000;
-  if (!(ejectionMs >= 0) || !Number.isFinite(ejectionMs)) {
-    throw new ConnectError(`createBalancedTransport: ejectionMs must be a finite number of ms ≥ 0, got ${ejectionMs}`, Code.InvalidArgument);
-  }
-  const ejections = new Ejections(ejectionMs);
+  const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
+  const healthy = new HealthyPicker(balancer, detection);
   const retryBudget = new RetryBudget();
   let peerSet: PeerSet | undefined;
   let closed = false;
@@ -169,7 +171,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     if (peerSet?.snapshot !== snapshot) {
       peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where);
       pool.retain(peerSet.peers);
-      ejections.retain(peerSet.peers);
+      detection?.retain(peerSet.peers);
     }
     if (!("pick" in peerSet)) {
       throw new ConnectError(peerSet.unavailable, Code.Unavailable);
@@ -184,9 +186,9 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   }
 
   /**
-   * Picks a peer for one attempt, passing over ejected peers and those already
-   * tried by this call while others remain; records it in the context values
-   * and takes its transport.
+   * Picks a peer for one attempt among the healthy peers, passing over those
+   * this call already tried while others remain; records it in the context
+   * values and takes its transport.
    */
   async function pickPeer(
     method: DescMethod,
@@ -198,27 +200,18 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   ): Promise<Attempt> {
     const set = await usablePeers(signal, timeoutMs);
     const now = performance.now();
-    const passOver = (peer: Peer) => tried.has(peer.url) || ejections.isEjected(peer, now);
-    let pick = set.pick({ method, header, contextValues, attempt: 0 });
-    if ((tried.size > 0 || ejections.size > 0) && passOver(pick.peer)) {
-      const healthy = set.peers.filter((peer) => !passOver(peer));
-      if (healthy.length > 0) {
-        // Ask the policy again; if its choices keep missing (random ones can), take a healthy peer at random.
-        for (let attempt = 1; attempt < set.peers.length && passOver(pick.peer); attempt++) {
-          pick.done?.(skipped, 0);
-          pick = set.pick({ method, header, contextValues, attempt });
-        }
-        if (passOver(pick.peer)) {
-          pick.done?.(skipped, 0);
-          pick = { peer: healthy[Math.floor(Math.random() * healthy.length)]! };
-        }
-      } else if (tried.has(pick.peer.url)) {
-        // Every peer is ejected (the policy's choice stands) or tried: not the same peer twice in one call.
-        const untried = set.peers.filter((peer) => !tried.has(peer.url));
-        if (untried.length > 0) {
-          pick.done?.(skipped, 0);
-          pick = { peer: untried[Math.floor(Math.random() * untried.length)]! };
-        }
+    const { peers, pick: picker } = healthy.over(set, now);
+    let pick = picker({ method, header, contextValues, attempt: 0 });
+    if (tried.size > 0 && tried.has(pick.peer.url)) {
+      // Ask the policy again; if its choices keep missing (random ones can), take an untried peer at random.
+      for (let attempt = 1; attempt < peers.length && tried.has(pick.peer.url); attempt++) {
+        pick.done?.(skipped, 0);
+        pick = picker({ method, header, contextValues, attempt });
+      }
+      const untried = tried.has(pick.peer.url) ? untriedOf(peers, tried) ?? untriedOf(set.peers, tried) : undefined;
+      if (untried !== undefined) {
+        pick.done?.(skipped, 0);
+        pick = { peer: untried[Math.floor(Math.random() * untried.length)]! };
       }
     }
     contextValues.set(peerKey, pick.peer);
@@ -243,16 +236,19 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const latencyMs = (attempt.responded ?? now) - started;
     pool.release(entry);
     if (error === undefined) {
-      ejections.clear(pick.peer);
       pick.done?.(succeeded, latencyMs);
+      detection?.record(pick.peer, "alive", now, peerSet?.peers.length ?? 1);
       return undefined;
     }
-    const failure = asPeerFailure(ConnectError.from(error), attempt.signal?.aborted === true);
+    const canceledByCaller = attempt.signal?.aborted === true;
+    const failure = asPeerFailure(ConnectError.from(error), canceledByCaller);
     pick.done?.({ error: failure }, latencyMs);
     const kind = classifyFailure(failure, method);
-    if (kind.unreachable && !ejections.isEjected(pick.peer, now)) {
-      ejections.eject(pick.peer, now);
-      onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs: ejections.periodMs, error: failure });
+    const outcome = outcomeOf(failure, kind.unreachable, canceledByCaller || deliveryOf(failure) === "canceled");
+    const forMs = detection?.record(pick.peer, outcome, now, peerSet?.peers.length ?? 1);
+    if (forMs !== undefined) {
+      const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";
+      onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs, reason, error: failure });
     }
     return { error: attributeToPeer(failure, pick.peer, service), kind };
   }
@@ -463,6 +459,12 @@ function trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => Co
       };
     },
   };
+}
+
+/** The peers a call has not tried yet; undefined when it tried them all. */
+function untriedOf(peers: readonly Peer[], tried: ReadonlySet<string>): Peer[] | undefined {
+  const untried = peers.filter((peer) => !tried.has(peer.url));
+  return untried.length > 0 ? untried : undefined;
 }
 
 /** The error of the last attempt, its message also saying how each earlier attempt failed. */
