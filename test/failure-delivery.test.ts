@@ -4,7 +4,7 @@
 // a call that failed everywhere says how it failed on each peer.
 import { afterEach, describe, expect, it } from "vitest";
 import { Code, createClient, type Transport } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { EchoService } from "../gen/test/echo/v1/echo_pb.js";
 import { createBalancedTransport, deliveryOf, staticDiscovery, type Balancer, type BalancedTransport, type Peer } from "../src/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
@@ -67,6 +67,25 @@ describe.each(factories)("an instance that crashes with calls in flight, per-pee
       expect(error.message).toContain(`(peer ${doomed!.address} of "echo")`);
     }
     expect(servers[1]!.stats.calls).toBe(10 - failures.length);
+  });
+});
+
+describe("a server's own ABORTED or CANCELLED status", () => {
+  const protocols: [string, (peer: Peer) => Transport][] = [
+    ...factories,
+    ["nodeHttp2Transport({ protocol: \"connect\" })", nodeHttp2Transport({ protocol: "connect" })],
+    ["connect-node's createConnectTransport", (peer) => createConnectTransport({ baseUrl: peer.url, httpVersion: "2" })],
+  ];
+  it.each(protocols)("stays as it is, sent once, blaming no peer (%s)", async (_name, factory) => {
+    await echoServers(2);
+    const recorder = eventRecorder();
+    const client = createClient(EchoService, balanced(servers.map((s) => `grpc://${s.address}`), factory, recorder.onEvent));
+    for (const code of [Code.Aborted, Code.Canceled]) {
+      const error = await rejection(client.echo({ failCode: code, failMessage: "conflict" }));
+      expect({ code: error.code, delivery: deliveryOf(error) }).toEqual({ code, delivery: undefined });
+    }
+    expect(servers[0]!.stats.calls + servers[1]!.stats.calls).toBe(2);
+    expect(recorder.events.filter((e) => e.type === "peer_ejected")).toEqual([]);
   });
 });
 

@@ -2,6 +2,7 @@
 // mistakes: each ends in a clear ConnectError with the right code, never a
 // hang, never a peer wrongly blamed, and nothing left behind.
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import { getEventListeners } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createClient, type Interceptor } from "@connectrpc/connect";
@@ -139,7 +140,39 @@ describe("a misbehaving server", () => {
   });
 });
 
+describe("a peer that accepts TCP connections but never speaks HTTP/2 (a frozen process)", () => {
+  it("fails a call without a deadline after connectTimeoutMs, as never sent", async () => {
+    const sockets = new Set<net.Socket>();
+    const frozen = net.createServer((socket) => sockets.add(socket.on("error", () => {})));
+    await new Promise<void>((resolve) => frozen.listen(0, "127.0.0.1", resolve));
+    const to = `127.0.0.1:${(frozen.address() as net.AddressInfo).port}`;
+    try {
+      const started = performance.now();
+      const error = await rejection(client({ connectTimeoutMs: 300 }, to).echo({}));
+      expect({ code: error.code, delivery: deliveryOf(error) }).toEqual({ code: Code.Unavailable, delivery: "unprocessed" });
+      expect(error.message).toMatch(/connection not established within 300 ms/);
+      expect(performance.now() - started).toBeLessThan(2_000);
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      await new Promise((resolve) => frozen.close(resolve));
+    }
+  });
+});
+
 describe("caller mistakes and edge cases", () => {
+  it("names a header with a value the Fetch API refuses, but never the value (it may be a credential)", async () => {
+    const headers = { authorization: "Bearer s3cr3t-token\nx" };
+    const direct = await rejection(client().echo({}, { headers }));
+    const balanced = createBalancedTransport({ service: "raw", discovery: staticDiscovery([`grpc://${address}`]), transport: nodeHttp2Transport() });
+    const viaBalancer = await rejection(createClient(EchoService, balanced).echo({}, { headers }));
+    await balanced.close();
+    for (const error of [direct, viaBalancer]) {
+      expect(error.code).toBe(Code.InvalidArgument);
+      expect(error.message).toContain('"authorization"');
+      expect(error.message).not.toContain("s3cr3t");
+    }
+  });
+
   it("refuses a connection-specific header as InvalidArgument, ejecting no peer and sending nothing", async () => {
     const recorder = eventRecorder();
     const balanced = createBalancedTransport({ service: "raw", discovery: staticDiscovery([`grpc://${address}`]), transport: nodeHttp2Transport(), onEvent: recorder.onEvent });

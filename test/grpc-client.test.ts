@@ -383,6 +383,17 @@ describe.each(kinds)("nodeHttp2Transport against a %s server", (kind) => {
   });
 
   describe("connections", () => {
+    it("lets a call in flight finish on graceful shutdown also with keepalive pings on (a closing session cannot ping)", async () => {
+      const server = await startServer(kind);
+      const client = echoClient(server, { pingIntervalMs: 50 });
+      await client.echo({});
+      const inFlight = client.echo({ delayMs: 500 });
+      await until(() => server.stats.calls === 2, { what: "the second call in flight" });
+      const closing = server.shutdown();
+      expect((await inFlight).servedBy).toBe(server.address);
+      await closing;
+    });
+
     it("lets calls in flight finish on graceful shutdown (GOAWAY); new calls fail unprocessed", async () => {
       const server = await startServer(kind);
       const client = echoClient(server);

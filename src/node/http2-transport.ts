@@ -11,6 +11,8 @@ export type NodeHttp2TransportOptions = {
   readonly protocol?: "grpc" | "connect" | "grpc-web";
   /** Options for node:http2's connect(), e.g. a CA, a client certificate or a servername for grpcs/https peers. */
   readonly nodeOptions?: ConnectionOptions["nodeOptions"];
+  /** protocol "grpc": give up on a connection whose server sent no HTTP/2 SETTINGS within this time (default 10,000). */
+  readonly connectTimeoutMs?: number;
 } & Omit<ConnectTransportOptions, "baseUrl" | "httpVersion" | "sessionManager" | "nodeOptions"> &
   Http2SessionOptions;
 

@@ -26,6 +26,7 @@ import { acquireSnapshotCache, type SnapshotCache } from "../cache/snapshot-cach
 import type { Discovery } from "../discovery/discovery.js";
 import { logProblems, notify, type EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
+import { requestHeader } from "../request-header.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { HealthyPicker } from "./healthy-picker.js";
 import { OutlierDetection, outcomeOf, type OutlierDetectionOptions } from "./outlier-detection.js";
@@ -281,7 +282,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     try {
       for (;;) {
         // each attempt starts from the caller's headers, whatever interceptors added last time
-        const headers = new Headers(header);
+        const headers = requestHeader(header);
         const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
         const attempt = await pickPeer(method, signal, remainingMs, headers, values, tried);
         attempts++;
@@ -378,6 +379,9 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       const onAbort = () => end(markDelivery(new ConnectError("the caller aborted the stream", Code.Canceled), "canceled"));
       signal?.addEventListener("abort", onAbort);
       openStreams.add(end);
+      if (signal?.aborted === true) {
+        onAbort(); // aborted before the listener was there
+      }
       return { ...response, peer: attempt.pick.peer, message: trackStream(response.message, end) };
     },
 

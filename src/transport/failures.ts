@@ -1,7 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { headerGrpcStatus } from "@connectrpc/connect/protocol-grpc";
 import { deliveryOf, markDelivery } from "./delivery.js";
 
 /** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
@@ -44,19 +43,26 @@ export function classifyFailure(error: ConnectError, method: DescMethod): Failur
  * The error of a failed attempt as the balancer should see it. connect-node
  * reports the calls of a connection that died as Canceled ("http/2 stream
  * closed with error code CANCEL") or Aborted ("read ECONNRESET"), the codes
- * of a caller's own cancellation; when the caller did not cancel and no
- * server sent that status, the connection was lost: Unavailable, "lost".
+ * of a caller's own cancellation; when the caller did not cancel and the
+ * error came from the connection (a reset, or a Node system error as its
+ * cause) rather than from a server's status, the connection was lost:
+ * Unavailable, "lost". A server's own ABORTED (a conflict) stays as it is.
  */
 export function asPeerFailure(error: ConnectError, callerAborted: boolean): ConnectError {
   const misreported =
     (error.code === Code.Canceled || error.code === Code.Aborted) &&
     !callerAborted &&
     deliveryOf(error) === undefined &&
-    !error.metadata.has(headerGrpcStatus);
+    (error.rawMessage.startsWith("http/2 stream closed with error code") || causes(error).some(isSystemError));
   if (!misreported) {
     return error;
   }
   return markDelivery(new ConnectError(`connection lost: ${error.rawMessage}`, Code.Unavailable, error.metadata, undefined, error), "lost");
+}
+
+/** A Node system error (ECONNRESET, ERR_HTTP2_STREAM_ERROR…), as opposed to a status a server sent. */
+function isSystemError(cause: unknown): boolean {
+  return cause instanceof Error && !(cause instanceof ConnectError) && typeof (cause as { code?: unknown }).code === "string";
 }
 
 /** For transports that do not mark their errors (connect-node's, fetch's causes): the request provably never left. */

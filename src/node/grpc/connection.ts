@@ -50,7 +50,9 @@ export class Connection {
     session.on("error", (error) => (this.error ??= error));
     const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     const connectTimer = setTimeout(() => this.close(new Error(`connection not established within ${connectTimeoutMs} ms`)), connectTimeoutMs).unref();
-    session.once("connect", () => {
+    // Established once the server's SETTINGS arrive: a peer that accepts TCP but never
+    // speaks HTTP/2 (a frozen process) has processed nothing, and must not hang calls.
+    session.once("remoteSettings", () => {
       this.connected = true;
       clearTimeout(connectTimer);
     });
@@ -99,7 +101,7 @@ export class Connection {
   /** One timer per idle period, not per call: it re-arms itself for whatever time is left. */
   private armIdleTimer(): void {
     const timeoutMs = this.options.idleConnectionTimeoutMs ?? 15 * 60_000;
-    if (this.idleTimer !== undefined || !Number.isFinite(timeoutMs)) {
+    if (this.idleTimer !== undefined || !Number.isFinite(timeoutMs) || this.session.closed || this.session.destroyed) {
       return;
     }
     const check = () => {
@@ -118,14 +120,16 @@ export class Connection {
   }
 
   private ping(): void {
-    if (this.session.destroyed || !this.connected || (this.streams === 0 && this.options.pingIdleConnection !== true)) {
+    // A closing session (after GOAWAY) cannot ping: its calls drain without.
+    if (this.session.closed || this.session.destroyed || !this.connected || (this.streams === 0 && this.options.pingIdleConnection !== true)) {
       return;
     }
     const timeoutMs = this.options.pingTimeoutMs ?? 15_000;
     const timeout = setTimeout(() => this.close(new Error(`no answer to an HTTP/2 PING within ${timeoutMs} ms`)), timeoutMs).unref();
     const sent = this.session.ping((error) => {
       clearTimeout(timeout);
-      if (error !== null && !this.session.destroyed) {
+      // ERR_HTTP2_PING_CANCEL: the session began closing meanwhile, which says nothing about the peer.
+      if (error !== null && (error as { code?: string }).code !== "ERR_HTTP2_PING_CANCEL" && !this.session.destroyed) {
         this.close(error);
       }
     });

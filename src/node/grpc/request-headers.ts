@@ -1,7 +1,7 @@
 import type { OutgoingHttpHeaders } from "node:http2";
 import type { DescMethod } from "@bufbuild/protobuf";
 import type { Compression } from "@connectrpc/connect/protocol";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { requestHeader } from "../../request-header.js";
 
 export interface RequestHeaderOptions {
   /** "host:port" of the peer; IPv6 bracketed, which Node's client would otherwise leave out. */
@@ -43,7 +43,7 @@ export function createRequestHeaders(options: RequestHeaderOptions) {
     }
     const headers: OutgoingHttpHeaders = {};
     if (callerHeader !== undefined) {
-      toHeaders(callerHeader).forEach((value, name) => {
+      (callerHeader instanceof Headers ? callerHeader : requestHeader(callerHeader)).forEach((value, name) => {
         headers[name] = value;
       });
       delete headers["host"]; // :authority names the peer
@@ -60,15 +60,4 @@ export function createRequestHeaders(options: RequestHeaderOptions) {
     }
     return headers;
   };
-}
-
-function toHeaders(init: HeadersInit): Headers {
-  if (init instanceof Headers) {
-    return init;
-  }
-  try {
-    return new Headers(init);
-  } catch (error) {
-    throw new ConnectError(`invalid request header: ${(error as Error).message}`, Code.InvalidArgument);
-  }
 }
