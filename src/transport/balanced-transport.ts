@@ -4,37 +4,30 @@ import {
   createContextValues,
   type ContextValues,
   type Interceptor,
-  type StreamRequest,
   type StreamResponse,
   type Transport,
-  type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
-import {
-  create,
-  type DescMessage,
-  type DescMethod,
-  type DescMethodStreaming,
-  type DescMethodUnary,
-  type MessageInitShape,
-  type MessageShape,
-} from "@bufbuild/protobuf";
+import type { DescMessage, DescMethodStreaming, DescMethodUnary, MessageInitShape } from "@bufbuild/protobuf";
 import { resolveBalancer, type BalancerName } from "../balancer/index.js";
-import type { Balancer, CallResult, Pick } from "../balancer/balancer.js";
+import type { Balancer } from "../balancer/balancer.js";
 import { acquireSnapshotCache, type SnapshotCache } from "../cache/snapshot-cache.js";
 import type { Discovery } from "../discovery/discovery.js";
 import { logProblems, notify, type EventListener } from "../events.js";
-import { peerKey, type Peer } from "../peer.js";
-import { requestHeader } from "../request-header.js";
+import type { Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
-import { HealthyPicker } from "./healthy-picker.js";
-import { OutlierDetection, outcomeOf, type OutlierDetectionOptions } from "./outlier-detection.js";
-import { deliveryOf, markDelivery } from "./delivery.js";
-import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
+import { beginAttempt, finishAttempt, type AttemptScope } from "./attempt.js";
+import { markDelivery } from "./delivery.js";
+import { HealthyPicker, pickUntried } from "./healthy-picker.js";
+import { invoke } from "./invoke.js";
+import { OutlierDetection, type OutlierDetectionOptions } from "./outlier-detection.js";
+import { untilResponse, type RetryPolicy } from "./retry.js";
 import { RetryBudget } from "./retry-budget.js";
+import { parseServiceName } from "./service-name.js";
+import { collect, trackStream, type EndStream } from "./stream-pick.js";
 import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
-import { PeerTransports, type PeerTransport, type PeerTransportFactory } from "./peer-transports.js";
+import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 
 export interface BalancedTransportOptions {
   /** The registered service name, e.g. "user-service" or kratos-style "discovery:///user-service". */
@@ -119,28 +112,15 @@ export interface BalancedTransport extends Transport {
   close(): Promise<void>;
 }
 
-const succeeded: CallResult = Object.freeze({});
-/** Ends a pick that was passed over before any call went out. */
-const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: this call already tried it", Code.Canceled) });
-const noneTried: ReadonlySet<string> = new Set<string>();
-
-/** One attempt of a call on one peer. */
-interface Attempt {
-  readonly method: DescMethod;
-  /** The caller's signal: a failure after it aborted is the caller's doing. */
-  readonly signal: AbortSignal | undefined;
-  readonly pick: Pick;
-  readonly entry: PeerTransport;
-  readonly started: number;
-  /** When the response started, for a stream still open. */
-  responded?: number;
-}
-
 export function createBalancedTransport(options: BalancedTransportOptions): BalancedTransport {
   const service = parseServiceName(options.service);
   const schemes = options.schemes ?? ["grpc", "grpcs"];
   if (schemes.length === 0) {
     throw new ConnectError("createBalancedTransport: schemes must name at least one endpoint scheme", Code.InvalidArgument);
+  }
+  const maxAttempts = options.maxAttempts ?? 2;
+  if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
+    throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
   }
   const balancer = resolveBalancer(options.balancer);
   const interceptors = options.interceptors ?? [];
@@ -149,20 +129,14 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const { discovery } = options;
   const where = discovery.describe(service);
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
-  const pool = new PeerTransports(options.transport, (address, error) =>
-    onEvent({ type: "peer_close_failed", service, address, error }),
-  );
-  const maxAttempts = options.maxAttempts ?? 2;
-  if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
-    throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
-  }
+  const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const healthy = new HealthyPicker(balancer, detection);
-  const retryBudget = new RetryBudget();
   let peerSet: PeerSet | undefined;
   let closed = false;
-  /** Ends the pick of each stream response not yet ended. */
-  const openStreams = new Set<(error?: unknown) => ConnectError | undefined>();
+  /** The stream responses whose pick has not ended. */
+  const openStreams = new Set<EndStream>();
+  const scope: AttemptScope = { service, pool, detection, onEvent, peerCount: () => peerSet?.peers.length ?? 1 };
 
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
   async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
@@ -186,129 +160,17 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     }
   }
 
-  /**
-   * Picks a peer for one attempt among the healthy peers, passing over those
-   * this call already tried while others remain; records it in the context
-   * values and takes its transport.
-   */
-  async function pickPeer(
-    method: DescMethod,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    header: Headers,
-    contextValues: ContextValues,
-    tried: ReadonlySet<string> = noneTried,
-  ): Promise<Attempt> {
-    const set = await usablePeers(signal, timeoutMs);
-    const now = performance.now();
-    const { peers, pick: picker } = healthy.over(set, now);
-    let pick = picker({ method, header, contextValues, attempt: 0 });
-    if (tried.size > 0 && tried.has(pick.peer.url)) {
-      // Ask the policy again; if its choices keep missing (random ones can), take an untried peer at random.
-      for (let attempt = 1; attempt < peers.length && tried.has(pick.peer.url); attempt++) {
-        pick.done?.(skipped, 0);
-        pick = picker({ method, header, contextValues, attempt });
-      }
-      const untried = tried.has(pick.peer.url) ? untriedOf(peers, tried) ?? untriedOf(set.peers, tried) : undefined;
-      if (untried !== undefined) {
-        pick.done?.(skipped, 0);
-        pick = { peer: untried[Math.floor(Math.random() * untried.length)]! };
-      }
-    }
-    contextValues.set(peerKey, pick.peer);
-    let entry: PeerTransport;
-    try {
-      entry = pool.acquire(pick.peer);
-    } catch (error) {
-      const failure = ConnectError.from(error, Code.Internal);
-      pick.done?.({ error: failure }, 0);
-      throw attributeToPeer(failure, pick.peer, service);
-    }
-    return { method, signal, pick, entry, started: now };
-  }
-
-  /**
-   * Ends an attempt once: frees the peer's transport, tells the policy, ejects
-   * a peer that could not be reached, and returns the error naming the peer.
-   */
-  function finish(attempt: Attempt, error?: unknown): { error: ConnectError; kind: FailureKind } | undefined {
-    const { pick, entry, started, method } = attempt;
-    const now = performance.now();
-    const latencyMs = (attempt.responded ?? now) - started;
-    pool.release(entry);
-    if (error === undefined) {
-      pick.done?.(succeeded, latencyMs);
-      detection?.record(pick.peer, "alive", now, peerSet?.peers.length ?? 1);
-      return undefined;
-    }
-    const canceledByCaller = attempt.signal?.aborted === true;
-    const failure = asPeerFailure(ConnectError.from(error), canceledByCaller);
-    pick.done?.({ error: failure }, latencyMs);
-    const kind = classifyFailure(failure, method);
-    const outcome = outcomeOf(failure, kind.unreachable, canceledByCaller || deliveryOf(failure) === "canceled");
-    const forMs = detection?.record(pick.peer, outcome, now, peerSet?.peers.length ?? 1);
-    if (forMs !== undefined) {
-      const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";
-      onEvent({ type: "peer_ejected", service, address: pick.peer.address, forMs, reason, error: failure });
-    }
-    return { error: attributeToPeer(failure, pick.peer, service), kind };
-  }
-
-  /** Whether the current peers include one this call has not tried yet (by URL: peers are rebuilt per snapshot). */
-  function hasUntried(tried: ReadonlySet<string>): boolean {
-    return peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url));
-  }
-
-  /**
-   * Sends a call, and sends it again to another peer while that is safe and
-   * allowed (maxAttempts, the call's deadline, the retry budget), until a peer
-   * answers. The attempt that answered is returned still open: finish() it.
-   */
-  async function untilResponse<R>(
-    method: DescMethod,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    header: HeadersInit | undefined,
-    values: ContextValues,
-    resendable: boolean,
-    send: (transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined) => Promise<R>,
-  ): Promise<{ response: R; attempt: Attempt }> {
-    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs;
-    let tried = noneTried; // allocated on the first failure: most calls have none
-    let earlier: string[] | undefined;
-    let attempts = 0;
-    let retries = 0;
-    retryBudget.callStarted();
-    try {
-      for (;;) {
-        // each attempt starts from the caller's headers, whatever interceptors added last time
-        const headers = requestHeader(header);
-        const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
-        const attempt = await pickPeer(method, signal, remainingMs, headers, values, tried);
-        attempts++;
-        try {
-          return { response: await send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
-        } catch (error) {
-          const failure = finish(attempt, error)!;
-          tried = new Set([...tried, attempt.pick.peer.url]);
-          const timeLeft = deadline === undefined || deadline - performance.now() > 0;
-          const worthRetrying =
-            resendable && failure.kind.retryable && attempts < maxAttempts && !signal?.aborted && timeLeft && hasUntried(tried);
-          if (!worthRetrying || !(failure.kind.unreachable || retryBudget.tryRetry())) {
-            throw earlier === undefined ? failure.error : withEarlierAttempts(failure.error, earlier);
-          }
-          (earlier ??= []).push(`${attempt.pick.peer.address}: ${failure.error.cause instanceof ConnectError ? failure.error.cause.message : failure.error.rawMessage}`);
-          retries += failure.kind.unreachable ? 0 : 1;
-        }
-      }
-    } finally {
-      retryBudget.callEnded(retries);
-    }
-  }
-
-  function intercept<T>(next: T): T {
-    return interceptors.reduceRight<unknown>((inner, interceptor) => interceptor(inner as never), next) as T;
-  }
+  const retryPolicy: RetryPolicy = {
+    maxAttempts,
+    budget: new RetryBudget(),
+    async begin(call, header, remainingMs, tried) {
+      const set = await usablePeers(call.signal, remainingMs);
+      const pick = pickUntried(healthy.over(set, performance.now()), set.peers, { method: call.method, header, contextValues: call.contextValues }, tried);
+      return beginAttempt(scope, pick, call.method, call.signal, call.contextValues);
+    },
+    finish: (attempt, error) => finishAttempt(scope, attempt, error)!,
+    hasUntried: (tried) => peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url)),
+  };
 
   return {
     service,
@@ -322,20 +184,18 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       contextValues?: ContextValues,
     ): Promise<PeerUnaryResponse<I, O>> {
       const values = contextValues ?? createContextValues();
-      const { response, attempt } = await untilResponse(method, signal, timeoutMs, header, values, true, (transport, peer, headers, remainingMs) =>
-        interceptors.length === 0
-          ? transport.unary(method, signal, remainingMs, headers, input, values)
-          : intercept((req: UnaryRequest<I, O>) =>
-              transport.unary(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
-            )({
-              ...requestCommon(method, peer, signal, headers, values),
-              stream: false,
-              method,
-              message: create(method.input, input) as MessageShape<I>,
-            }),
-      );
-      finish(attempt);
-      return { ...response, peer: attempt.pick.peer };
+      const { response, attempt } = await untilResponse(retryPolicy, {
+        method,
+        signal,
+        timeoutMs,
+        header,
+        contextValues: values,
+        resendable: true,
+        send: (transport, peer, headers, remainingMs) =>
+          invoke(interceptors, transport, peer, { stream: false, method, signal, timeoutMs: remainingMs, header: headers, contextValues: values, message: input }),
+      });
+      finishAttempt(scope, attempt);
+      return { ...(response as UnaryResponse<I, O>), peer: attempt.pick.peer };
     },
 
     async stream<I extends DescMessage, O extends DescMessage>(
@@ -351,38 +211,22 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       // call can be sent again until the response starts. Other streams are read once.
       const resendable = method.methodKind === "server_streaming";
       const messages = resendable ? await collect(input) : undefined;
-      const { response, attempt } = await untilResponse(method, signal, timeoutMs, header, values, resendable, (transport, peer, headers, remainingMs) => {
-        const body = messages === undefined ? input : createAsyncIterable(messages);
-        return interceptors.length === 0
-          ? transport.stream(method, signal, remainingMs, headers, body, values)
-          : intercept((req: StreamRequest<I, O>) =>
-              transport.stream(req.method, req.signal, remainingMs, req.header, req.message, req.contextValues),
-            )({
-              ...requestCommon(method, peer, signal, headers, values),
-              stream: true,
-              method,
-              message: body as AsyncIterable<MessageShape<I>>,
-            });
+      const { response, attempt } = await untilResponse(retryPolicy, {
+        method,
+        signal,
+        timeoutMs,
+        header,
+        contextValues: values,
+        resendable,
+        send: (transport, peer, headers, remainingMs) => {
+          const body = messages === undefined ? input : createAsyncIterable(messages);
+          return invoke(interceptors, transport, peer, { stream: true, method, signal, timeoutMs: remainingMs, header: headers, contextValues: values, message: body });
+        },
       });
       attempt.responded = performance.now();
-      let ended = false;
-      const end = (error?: unknown) => {
-        if (ended) {
-          return undefined;
-        }
-        ended = true;
-        signal?.removeEventListener("abort", onAbort);
-        openStreams.delete(end);
-        return finish(attempt, error)?.error;
-      };
-      // The pick ends when the caller aborts or the transport closes, also if nobody reads the stream.
-      const onAbort = () => end(markDelivery(new ConnectError("the caller aborted the stream", Code.Canceled), "canceled"));
-      signal?.addEventListener("abort", onAbort);
-      openStreams.add(end);
-      if (signal?.aborted === true) {
-        onAbort(); // aborted before the listener was there
-      }
-      return { ...response, peer: attempt.pick.peer, message: trackStream(response.message, end) };
+      const stream = response as StreamResponse<I, O>;
+      const message = trackStream(stream.message, signal, openStreams, (error) => finishAttempt(scope, attempt, error)?.error);
+      return { ...stream, peer: attempt.pick.peer, message };
     },
 
     async peers(options) {
@@ -401,103 +245,4 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       }
     },
   };
-}
-
-/**
- * The fields interceptors see besides the message. Built only when there are
- * interceptors: a fresh AbortSignal per call costs more than the rest of the
- * balancer together.
- */
-function requestCommon(method: DescMethod, peer: Peer, signal: AbortSignal | undefined, header: Headers, contextValues: ContextValues) {
-  return {
-    service: method.parent,
-    requestMethod: "POST",
-    url: `${peer.url}/${method.parent.typeName}/${method.name}`,
-    signal: signal ?? new AbortController().signal,
-    header,
-    contextValues,
-  };
-}
-
-async function collect<T>(messages: AsyncIterable<T>): Promise<T[]> {
-  const all: T[] = [];
-  for await (const message of messages) {
-    all.push(message);
-  }
-  return all;
-}
-
-/**
- * Ends the call when the response stream ends, fails, or the caller stops
- * reading it — also when it stops before the first message, which an async
- * generator would not notice.
- */
-function trackStream<T>(messages: AsyncIterable<T>, end: (error?: unknown) => ConnectError | undefined): AsyncIterable<T> {
-  return {
-    [Symbol.asyncIterator]() {
-      const inner = messages[Symbol.asyncIterator]();
-      return {
-        async next() {
-          try {
-            const result = await inner.next();
-            if (result.done === true) {
-              end();
-            }
-            return result;
-          } catch (error) {
-            throw end(error) ?? error;
-          }
-        },
-        async return(value?: unknown) {
-          end();
-          await inner.return?.();
-          return { done: true, value: value as T };
-        },
-        async throw(error?: unknown) {
-          end();
-          if (inner.throw !== undefined) {
-            return inner.throw(error);
-          }
-          throw error;
-        },
-      };
-    },
-  };
-}
-
-/** The peers a call has not tried yet; undefined when it tried them all. */
-function untriedOf(peers: readonly Peer[], tried: ReadonlySet<string>): Peer[] | undefined {
-  const untried = peers.filter((peer) => !tried.has(peer.url));
-  return untried.length > 0 ? untried : undefined;
-}
-
-/** The error of the last attempt, its message also saying how each earlier attempt failed. */
-function withEarlierAttempts(last: ConnectError, earlier: readonly string[]): ConnectError {
-  const error = new ConnectError(`${last.rawMessage}; ${earlier.length + 1} peers tried, earlier: ${earlier.join("; ")}`, last.code, last.metadata, undefined, last.cause);
-  error.details = last.details;
-  return error;
-}
-
-/** The same error, its message naming the peer that was tried. */
-function attributeToPeer(error: ConnectError, peer: Peer, service: string): ConnectError {
-  const attributed = new ConnectError(
-    `${error.rawMessage} (peer ${peer.address} of "${service}")`,
-    error.code,
-    error.metadata,
-    undefined,
-    error,
-  );
-  attributed.details = error.details;
-  return attributed;
-}
-
-function parseServiceName(target: string): string {
-  const name = target.startsWith("discovery:") ? /^discovery:\/\/[^/]*\/(.*)$/.exec(target)?.[1] : target;
-  if (name === undefined || name === "" || /\s/.test(name) || name.endsWith("/")) {
-    throw new ConnectError(
-      `createBalancedTransport: bad service ${JSON.stringify(target)}: use a name like "user-service" or "discovery:///user-service"`,
-      Code.InvalidArgument,
-    );
-  }
-  return name;
 }

@@ -1,0 +1,88 @@
+import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { CallResult, Pick } from "../balancer/balancer.js";
+import type { EventListener } from "../events.js";
+import { peerKey, type Peer } from "../peer.js";
+import { deliveryOf } from "./delivery.js";
+import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
+import { outcomeOf, type OutlierDetection } from "./outlier-detection.js";
+import type { PeerTransport, PeerTransports } from "./peer-transports.js";
+
+/** One attempt of a call on one peer: from the pick to the end of the response. */
+export interface Attempt {
+  readonly method: DescMethod;
+  /** The caller's signal: a failure after it aborted is the caller's doing. */
+  readonly signal: AbortSignal | undefined;
+  readonly pick: Pick;
+  readonly entry: PeerTransport;
+  readonly started: number;
+  /** When the response started, for a stream still open. */
+  responded?: number;
+}
+
+/** How an attempt failed: the error naming its peer, and what the failure means for resending. */
+export interface AttemptFailure {
+  readonly error: ConnectError;
+  readonly kind: FailureKind;
+}
+
+/** What starting and ending attempts touches: the per-peer transports, the policy, health, events. */
+export interface AttemptScope {
+  readonly service: string;
+  readonly pool: PeerTransports;
+  readonly detection: OutlierDetection | undefined;
+  readonly onEvent: EventListener;
+  /** How many peers there are now: ejection limits are a share of it. */
+  peerCount(): number;
+}
+
+const succeeded: CallResult = Object.freeze({});
+
+/** Starts an attempt on the picked peer: the peer goes into the context values, and its transport is taken. */
+export function beginAttempt(scope: AttemptScope, pick: Pick, method: DescMethod, signal: AbortSignal | undefined, contextValues: ContextValues): Attempt {
+  const started = performance.now();
+  contextValues.set(peerKey, pick.peer);
+  let entry: PeerTransport;
+  try {
+    entry = scope.pool.acquire(pick.peer);
+  } catch (error) {
+    const failure = ConnectError.from(error, Code.Internal);
+    pick.done?.({ error: failure }, 0);
+    throw attributeToPeer(failure, pick.peer, scope.service);
+  }
+  return { method, signal, pick, entry, started };
+}
+
+/**
+ * Ends an attempt, once: frees the peer's transport, tells the policy and
+ * outlier detection, and returns the failure naming the peer.
+ */
+export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unknown): AttemptFailure | undefined {
+  const { pick, entry, started, method } = attempt;
+  const now = performance.now();
+  const latencyMs = (attempt.responded ?? now) - started;
+  scope.pool.release(entry);
+  if (error === undefined) {
+    pick.done?.(succeeded, latencyMs);
+    scope.detection?.record(pick.peer, "alive", now, scope.peerCount());
+    return undefined;
+  }
+  const canceledByCaller = attempt.signal?.aborted === true;
+  const failure = asPeerFailure(ConnectError.from(error), canceledByCaller);
+  pick.done?.({ error: failure }, latencyMs);
+  const kind = classifyFailure(failure, method);
+  const outcome = outcomeOf(failure, kind.unreachable, canceledByCaller || deliveryOf(failure) === "canceled");
+  const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
+  if (forMs !== undefined) {
+    const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";
+    scope.onEvent({ type: "peer_ejected", service: scope.service, address: pick.peer.address, forMs, reason, error: failure });
+  }
+  return { error: attributeToPeer(failure, pick.peer, scope.service), kind };
+}
+
+/** The same error, its message naming the peer that was tried. */
+export function attributeToPeer(error: ConnectError, peer: Peer, service: string): ConnectError {
+  const attributed = new ConnectError(`${error.rawMessage} (peer ${peer.address} of "${service}")`, error.code, error.metadata, undefined, error);
+  attributed.details = error.details;
+  return attributed;
+}

@@ -1,0 +1,80 @@
+import { ConnectError, type ContextValues, type Transport } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { Peer } from "../peer.js";
+import { requestHeader } from "../request-header.js";
+import type { Attempt, AttemptFailure } from "./attempt.js";
+import type { RetryBudget } from "./retry-budget.js";
+
+/** One call as the retry loop sees it. */
+export interface RetriedCall<R> {
+  readonly method: DescMethod;
+  readonly signal: AbortSignal | undefined;
+  readonly timeoutMs: number | undefined;
+  readonly header: HeadersInit | undefined;
+  readonly contextValues: ContextValues;
+  /** Whether the request can be sent again at all (its input can be read again). */
+  readonly resendable: boolean;
+  send(transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined): Promise<R>;
+}
+
+/** What the retry loop needs from the balanced transport. */
+export interface RetryPolicy {
+  readonly maxAttempts: number;
+  readonly budget: RetryBudget;
+  /** Picks a peer this call has not tried while there is one, and starts an attempt on it. */
+  begin(call: RetriedCall<unknown>, headers: Headers, remainingMs: number | undefined, tried: ReadonlySet<string>): Promise<Attempt>;
+  finish(attempt: Attempt, error: unknown): AttemptFailure;
+  /** Whether the current peers include one not in `tried`. */
+  hasUntried(tried: ReadonlySet<string>): boolean;
+}
+
+const noneTried: ReadonlySet<string> = new Set<string>();
+
+/**
+ * Sends a call, and sends it again to another peer while that is safe and
+ * allowed — the failure says the request can be resent, attempts are left,
+ * the caller has not aborted, the deadline has not passed, a peer is left to
+ * try, and the retry budget allows it (resends after a connection failure
+ * are not counted: that peer is ejected at once) — until a peer answers. The
+ * attempt that answered is returned still open: the caller finishes it.
+ */
+export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>): Promise<{ response: R; attempt: Attempt }> {
+  const deadline = call.timeoutMs === undefined ? undefined : performance.now() + call.timeoutMs;
+  let tried = noneTried; // allocated on the first failure: most calls have none
+  let earlier: string[] | undefined;
+  let attempts = 0;
+  let retries = 0;
+  policy.budget.callStarted();
+  try {
+    for (;;) {
+      // each attempt starts from the caller's headers, whatever interceptors added last time
+      const headers = requestHeader(call.header);
+      const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
+      const attempt = await policy.begin(call, headers, remainingMs, tried);
+      attempts++;
+      try {
+        return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
+      } catch (error) {
+        const failure = policy.finish(attempt, error);
+        tried = new Set([...tried, attempt.pick.peer.url]);
+        const timeLeft = deadline === undefined || deadline - performance.now() > 0;
+        const worthRetrying =
+          call.resendable && failure.kind.retryable && attempts < policy.maxAttempts && call.signal?.aborted !== true && timeLeft && policy.hasUntried(tried);
+        if (!worthRetrying || !(failure.kind.unreachable || policy.budget.tryRetry())) {
+          throw earlier === undefined ? failure.error : withEarlierAttempts(failure.error, earlier);
+        }
+        (earlier ??= []).push(`${attempt.pick.peer.address}: ${failure.error.cause instanceof ConnectError ? failure.error.cause.message : failure.error.rawMessage}`);
+        retries += failure.kind.unreachable ? 0 : 1;
+      }
+    }
+  } finally {
+    policy.budget.callEnded(retries);
+  }
+}
+
+/** The error of the last attempt, its message also saying how each earlier attempt failed. */
+function withEarlierAttempts(last: ConnectError, earlier: readonly string[]): ConnectError {
+  const error = new ConnectError(`${last.rawMessage}; ${earlier.length + 1} peers tried, earlier: ${earlier.join("; ")}`, last.code, last.metadata, undefined, last.cause);
+  error.details = last.details;
+  return error;
+}
