@@ -134,7 +134,9 @@ describe("a misbehaving server", () => {
         }
       })();
       const error = await rejection(client(options).clientStream(input, { headers: { "x-behavior": "an error as soon as the request starts" } }));
-      expect(error.code).toBe(Code.InvalidArgument);
+      // Node 22's http2 client drops a trailers-only response that RST_STREAM(NO_ERROR)
+      // follows while the request is still being sent: the call then ends as lost.
+      expect([Code.InvalidArgument, Code.Unavailable]).toContain(error.code);
       await returned;
     }
   });
