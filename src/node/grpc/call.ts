@@ -66,6 +66,7 @@ export abstract class GrpcCall {
     stream.on("response", onResponse);
     stream.on("data", onData);
     stream.on("trailers", onTrailers);
+    stream.on("end", onEnd);
     stream.on("error", onError);
     stream.on("close", onClose);
     this.stream = stream;
@@ -154,6 +155,23 @@ export abstract class GrpcCall {
   receiveTrailers(trailers: http2.IncomingHttpHeaders): void {
     this.trailerReceived = true;
     appendHeaders(this.trailer, trailers);
+  }
+
+  /**
+   * @internal The response ended. When the request is still being sent (the
+   * server answered early), node:http2 would wait for flow control that the
+   * server no longer grants, and never close the stream: reset it, and the
+   * call ends on close as usual.
+   */
+  receiveEnd(): void {
+    const stream = this.stream!;
+    if (!stream.writableFinished) {
+      if (stream.closed) {
+        stream.destroy(); // reset by the peer already (RST_STREAM NO_ERROR): only the local side is left
+      } else {
+        this.reset();
+      }
+    }
   }
 
   /** @internal */
@@ -252,6 +270,10 @@ function onData(this: CallStream, chunk: Buffer): void {
 
 function onTrailers(this: CallStream, trailers: http2.IncomingHttpHeaders): void {
   this[callOf].receiveTrailers(trailers);
+}
+
+function onEnd(this: CallStream): void {
+  this[callOf].receiveEnd();
 }
 
 function onError(this: CallStream, error: Error): void {
