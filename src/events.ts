@@ -22,6 +22,8 @@ export type BalancerEvent =
       readonly reason: "unreachable" | "consecutive_failures";
       readonly error: ConnectError;
     }
+  /** The snapshot store could not be written ("put"), or what it held was not used ("get": unreadable, corrupt, older than the maximum age). */
+  | { readonly type: "snapshot_store_failed"; readonly service: string; readonly operation: "get" | "put"; readonly reason: string }
   /** A per-peer transport's close() failed when its peer left or the balancer closed. */
   | { readonly type: "peer_close_failed"; readonly service: string; readonly address: string; readonly error: unknown };
 
@@ -51,6 +53,9 @@ export const logProblems: EventListener = (event) => {
       console.warn(
         `connect-etcd-balancer: ${event.address} of "${event.service}" ${event.reason === "unreachable" ? "is unreachable" : "failed too many calls in a row"} (${event.error.rawMessage}); no calls for ${event.forMs} ms`,
       );
+      break;
+    case "snapshot_store_failed":
+      console.warn(`connect-etcd-balancer: snapshot store ${event.operation} for "${event.service}" failed: ${event.reason}`);
       break;
     case "snapshot":
       break;

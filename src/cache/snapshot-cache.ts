@@ -1,6 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Discovery, Snapshot } from "../discovery/discovery.js";
 import { notify, type BalancerEvent, type EventListener } from "../events.js";
+import { acceptRead, acceptRestored, initialState, type CacheState } from "./acceptance.js";
+import { withinCall } from "./signals.js";
+import { watchLoop } from "./watch-loop.js";
 
 /** A transport's handle on the process-wide snapshot of one service. */
 export interface SnapshotCache {
@@ -8,7 +11,8 @@ export interface SnapshotCache {
    * The snapshot to serve now, or undefined before the first read succeeded.
    * When it is older than the TTL, one background refresh starts and the
    * stale snapshot keeps serving meanwhile; `waitUntil` is handed that refresh,
-   * so runtimes that freeze after the response let it finish.
+   * so runtimes that freeze after the response let it finish. A stale snapshot
+   * without instances is not served: the call waits for the refresh instead.
    */
   peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined;
   /** Waits for the first snapshot, within the call's signal and timeout. */
@@ -17,14 +21,12 @@ export interface SnapshotCache {
   release(): void;
 }
 
-/** After a failed refresh, the stale snapshot serves for at most this long before etcd is asked again. */
-const retryAfterFailureMs = 1_000;
-/** Reads in a row below the known revision after which etcd is taken to have been rebuilt. */
-const etcdResetAfterReads = 3;
-/** A watch open at least this long before it broke counts as having worked. */
-const healthyWatchMs = 30_000;
-/** Longest wait before watching again after the watch broke. */
-const maxWatchBackoffMs = 30_000;
+/**
+ * After a failed refresh, the stale snapshot serves for at most this long
+ * before etcd is asked again; a read that found no instances, or a snapshot
+ * restored from the store, is also only fresh this long.
+ */
+const retryAfterMs = 1_000;
 
 /** One per (discovery key, service) in the whole process: warm serverless invocations reuse it. */
 const shared = new Map<string, SharedSnapshot>();
@@ -45,7 +47,7 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
     peek: (waitUntil) => cache.peek(waitUntil),
     load(signal, timeoutMs) {
       const snapshot = cache.peek();
-      return snapshot !== undefined ? Promise.resolve(snapshot) : withinCall(cache.refresh(), service, signal, timeoutMs);
+      return snapshot !== undefined ? Promise.resolve(snapshot) : cache.wait(signal, timeoutMs);
     },
     release() {
       if (!released) {
@@ -59,19 +61,15 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
 class SharedSnapshot {
   /** One per acquired handle: two transports may share a listener function. */
   readonly holders = new Set<{ readonly listener: EventListener }>();
-  private snapshot: Snapshot | undefined;
-  /** The highest revision read so far, even when its content equalled the served snapshot. */
-  private revision = Number.NEGATIVE_INFINITY;
+  private state: CacheState = initialState;
   private freshUntil = 0;
-  /** The registry read empty and the last instances keep serving. */
-  private servingOverEmpty = false;
   private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
+  /** Calls waiting for the read in flight; when the last gives up on a cold read, the read is abandoned. */
+  private waiting = 0;
   /** A change was seen while a read was in flight: read again once it ends. */
   private readAgain = false;
   /** The running watch, when the discovery can watch. */
   private watching: AbortController | undefined;
-  /** Reads in a row that saw a revision below the highest one known. */
-  private lowerReads = 0;
 
   constructor(
     private readonly discovery: Discovery,
@@ -79,11 +77,28 @@ class SharedSnapshot {
   ) {}
 
   peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined {
-    if (this.snapshot !== undefined && this.inflight === undefined && Date.now() >= this.freshUntil) {
+    const { snapshot } = this.state;
+    const stale = Date.now() >= this.freshUntil;
+    if (snapshot !== undefined && this.inflight === undefined && stale) {
       const refresh = this.refresh().catch(() => {}); // reported as a discovery_failed event
       waitUntil?.(refresh);
     }
-    return this.snapshot;
+    // Serving "no instances" from a stale read would fail a call that the
+    // refresh may well serve: servers that registered after the first read.
+    return snapshot !== undefined && snapshot.instances.length === 0 && stale ? undefined : snapshot;
+  }
+
+  /** The read in flight (or a new one), bounded by one call's signal and timeout. */
+  wait(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot> {
+    const read = this.refresh();
+    this.waiting++;
+    return withinCall(read, this.service, signal, timeoutMs).finally(() => {
+      // Every caller gave up on a cold read: nothing it finds will be served
+      // before another call comes, so let it hold no timer or socket meanwhile.
+      if (--this.waiting === 0 && this.state.snapshot === undefined && this.inflight?.promise === read) {
+        this.abandon(`read of "${this.service}" cancelled: every call waiting for it gave up`);
+      }
+    });
   }
 
   refresh(): Promise<Snapshot> {
@@ -98,7 +113,10 @@ class SharedSnapshot {
       .then(
         (next) => (controller.signal.aborted ? next : this.accept(next)),
         (error: unknown) => {
-          throw controller.signal.aborted ? ConnectError.from(error, Code.Canceled) : this.fail(error);
+          if (controller.signal.aborted) {
+            throw ConnectError.from(error, Code.Canceled);
+          }
+          return this.restoreOrFail(error, controller.signal);
         },
       )
       .finally(() => {
@@ -120,57 +138,39 @@ class SharedSnapshot {
     if (this.holders.size === 0) {
       // Nobody waits for the read any more: don't let it or the watch hold the
       // process open, and let a transport created later start a read of its own.
-      this.inflight?.controller.abort(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
-      this.inflight = undefined;
-      this.readAgain = false;
+      this.abandon(`read of "${this.service}" cancelled: every transport closed`);
       this.watching?.abort();
       this.watching = undefined;
     }
+  }
+
+  private abandon(reason: string): void {
+    this.inflight?.controller.abort(new ConnectError(reason, Code.Canceled));
+    this.inflight = undefined;
+    this.readAgain = false;
   }
 
   /** Watches again from the current revision (after etcd's revisions started over). */
   private restartWatch(): void {
     this.watching?.abort();
     this.watching = undefined;
-    queueMicrotask(() => this.keepWatching()); // once `revision` holds the new value
+    queueMicrotask(() => this.keepWatching()); // once the state holds the new revision
   }
 
-  /** Starts following changes once there is a snapshot to follow, if the discovery can watch. */
+  /** Starts following changes once etcd has been read, if the discovery can watch. */
   keepWatching(): void {
-    if (this.discovery.watch === undefined || this.watching !== undefined || this.snapshot === undefined || this.holders.size === 0) {
+    const { watch } = this.discovery;
+    const { snapshot, restored } = this.state;
+    if (watch === undefined || this.watching !== undefined || snapshot === undefined || restored || this.holders.size === 0) {
       return;
     }
     const controller = new AbortController();
     this.watching = controller;
-    void this.watchLoop(this.discovery.watch.bind(this.discovery), controller.signal);
-  }
-
-  private async watchLoop(watch: NonNullable<Discovery["watch"]>, signal: AbortSignal): Promise<void> {
-    let failures = 0;
-    let openedAt: number | undefined;
-    const listener = {
-      opened: () => (openedAt = Date.now()),
+    void watchLoop(watch.bind(this.discovery), this.service, controller.signal, {
+      revision: () => this.state.revision,
       changed: () => this.changed(),
-    };
-    while (!signal.aborted) {
-      try {
-        openedAt = undefined;
-        await watch(this.service, this.revision, signal, listener);
-      } catch (error) {
-        if (signal.aborted) {
-          return;
-        }
-        // A watch that stayed open a while worked: start the backoff over. One
-        // that a proxy ends right after opening keeps backing off.
-        if (openedAt !== undefined && Date.now() - openedAt >= healthyWatchMs) {
-          failures = 0;
-        }
-        failures++;
-        this.fail(error);
-        this.changed(); // catch up on whatever the broken watch missed
-        await pause(Math.min(maxWatchBackoffMs, 250 * 2 ** failures), signal);
-      }
-    }
+      failed: (error) => this.fail(error),
+    });
   }
 
   /** The registry changed: read it now, or right after the read in flight. */
@@ -187,40 +187,54 @@ class SharedSnapshot {
   }
 
   private accept(next: Snapshot): Snapshot {
-    this.freshUntil = Date.now() + this.discovery.ttlMs;
-    if (this.snapshot !== undefined && next.revision < this.revision) {
-      // An older read that lost a race never replaces a newer one. Lower
-      // revisions read again and again, though, mean etcd was rebuilt or
-      // restored, and its revisions started over.
-      if (++this.lowerReads < etcdResetAfterReads) {
-        return this.snapshot;
-      }
+    const verdict = acceptRead(this.state, next);
+    this.state = verdict.state;
+    const served = verdict.state.snapshot!;
+    this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(this.discovery.ttlMs, retryAfterMs) : this.discovery.ttlMs);
+    if (verdict.etcdReset) {
       this.restartWatch();
     }
-    this.lowerReads = 0;
-    this.revision = next.revision;
-    if (next.instances.length > 0) {
-      this.servingOverEmpty = false;
-    }
-    if (this.snapshot !== undefined && sameContent(this.snapshot, next)) {
-      return this.snapshot; // same instances: keep the object so balancers keep their state
-    }
-    if (next.instances.length === 0 && this.snapshot !== undefined && this.snapshot.instances.length > 0) {
-      // kratos' zero-endpoint protection: an empty registry is more often a wiped
-      // or misconfigured etcd than a fleet scaled to zero, so keep the last peers.
-      if (!this.servingOverEmpty) {
-        this.servingOverEmpty = true;
-        this.emit({ type: "empty_registry_ignored", service: this.service, revision: next.revision, instances: this.snapshot.instances.length });
-      }
-      return this.snapshot;
-    }
-    this.snapshot = next;
     this.keepWatching();
-    this.emit({ type: "snapshot", service: this.service, revision: next.revision, instances: next.instances.length });
-    for (const { key, reason } of next.skipped) {
-      this.emit({ type: "entry_skipped", service: this.service, key, reason });
+    verdict.events.forEach((event) => this.emit(event));
+    this.save(served);
+    return served;
+  }
+
+  /** Saves what a registry read made the cache serve; never waited for by a call. */
+  private save(served: Snapshot): void {
+    this.discovery.persistence?.save(served).catch((error: unknown) => {
+      this.emit({ type: "snapshot_store_failed", service: this.service, operation: "put", reason: describe(error) });
+    });
+  }
+
+  /**
+   * The registry could not be read. At a cold start a stored snapshot serves,
+   * if the discovery keeps one and it is usable; otherwise the read fails.
+   */
+  private async restoreOrFail(cause: unknown, signal: AbortSignal): Promise<Snapshot> {
+    const persistence = this.discovery.persistence;
+    if (persistence === undefined || this.state.snapshot !== undefined) {
+      throw this.fail(cause);
     }
-    return next;
+    let restored: Awaited<ReturnType<typeof persistence.restore>>;
+    try {
+      restored = await persistence.restore(this.service);
+    } catch (error) {
+      if (!signal.aborted) {
+        this.emit({ type: "snapshot_store_failed", service: this.service, operation: "get", reason: describe(error) });
+      }
+    }
+    if (signal.aborted) {
+      throw ConnectError.from(signal.reason, Code.Canceled);
+    }
+    if (restored === undefined || restored.snapshot.instances.length === 0) {
+      throw this.fail(cause);
+    }
+    const verdict = acceptRestored(this.state, restored.snapshot);
+    this.state = verdict.state;
+    this.fail(cause); // reported with serving: true, and etcd is asked again within retryAfterMs
+    verdict.events.forEach((event) => this.emit(event));
+    return this.state.snapshot!;
   }
 
   private fail(cause: unknown): ConnectError {
@@ -232,9 +246,9 @@ class SharedSnapshot {
       undefined,
       cause,
     );
-    const serving = this.snapshot !== undefined;
+    const serving = this.state.snapshot !== undefined;
     if (serving) {
-      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterFailureMs);
+      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterMs);
     }
     this.emit({ type: "discovery_failed", service: this.service, error, serving });
     return error;
@@ -247,62 +261,6 @@ class SharedSnapshot {
   }
 }
 
-/** Resolves after ms, or at once when the signal aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) {
-      resolve();
-      return;
-    }
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
-}
-
-function sameContent(a: Snapshot, b: Snapshot): boolean {
-  return JSON.stringify([a.instances, a.skipped]) === JSON.stringify([b.instances, b.skipped]);
-}
-
-/** Bounds a shared read by one call's signal and timeout; the read itself goes on for the others. */
-function withinCall<T>(
-  promise: Promise<T>,
-  service: string,
-  signal: AbortSignal | undefined,
-  timeoutMs: number | undefined,
-): Promise<T> {
-  if (signal === undefined && timeoutMs === undefined) {
-    return promise;
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => finish(() => reject(ConnectError.from(signal?.reason, Code.Canceled)));
-    const timer =
-      timeoutMs === undefined
-        ? undefined
-        : setTimeout(
-            () =>
-              finish(() =>
-                reject(new ConnectError(`reading the instances of "${service}" took longer than the call's ${timeoutMs} ms timeout`, Code.DeadlineExceeded)),
-              ),
-            timeoutMs,
-          );
-    function finish(settle: () => void) {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      settle();
-    }
-    if (signal?.aborted) {
-      onAbort();
-      return;
-    }
-    signal?.addEventListener("abort", onAbort);
-    promise.then(
-      (value) => finish(() => resolve(value)),
-      (error: unknown) => finish(() => reject(error)),
-    );
-  });
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

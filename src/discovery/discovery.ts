@@ -31,6 +31,16 @@ export interface Discovery {
    * new snapshot with load().
    */
   watch?(service: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void>;
+  /** Optional: a copy of the snapshots kept outside the process, for cold starts with the registry unreachable. */
+  readonly persistence?: SnapshotPersistence;
+}
+
+/** Keeps snapshots outside the process. The cache decides when: it saves reads and restores only at a cold start. */
+export interface SnapshotPersistence {
+  /** Saves a snapshot just read from the registry. */
+  save(snapshot: Snapshot): Promise<void>;
+  /** The last snapshot saved and when; undefined when none; rejects, saying why, when it is unusable (corrupt, too old). */
+  restore(service: string): Promise<{ snapshot: Snapshot; savedAt: number } | undefined>;
 }
 
 export interface WatchListener {

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { withoutCredentials } from "../registry/endpoint.js";
 import type { WatchListener } from "./discovery.js";
+import { hedged, HedgeFailure } from "./hedge.js";
 
 /** etcd credentials; the password is sent to etcd only, never logged or put in an error. */
 export interface EtcdAuth {
@@ -13,6 +14,8 @@ export interface EtcdGatewayOptions {
   readonly auth?: EtcdAuth;
   readonly fetch?: typeof globalThis.fetch;
   readonly requestTimeoutMs: number;
+  /** How long a read waits for one endpoint before asking the next one too. */
+  readonly hedgeAfterMs: number;
 }
 
 export interface RangeResult {
@@ -24,7 +27,10 @@ export interface RangeResult {
 export interface EtcdGateway {
   /** Endpoint base URLs, without credentials. */
   readonly endpoints: readonly string[];
-  /** Reads every key under a prefix; tries each endpoint in turn, starting with the last that answered. */
+  /**
+   * Reads every key under a prefix, starting with the endpoint that answered
+   * last; the next is asked when one fails or is silent for hedgeAfterMs.
+   */
   rangePrefix(prefix: string, signal: AbortSignal): Promise<RangeResult>;
   /**
    * Watches a prefix from the revision after `afterRevision` on the endpoint
@@ -63,7 +69,7 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
   }
   const endpoints = options.endpoints.map(normalizeEndpoint);
   const fetchFn = options.fetch ?? ((input: RequestInfo | URL, init?: RequestInit) => globalThis.fetch(input, init));
-  const { auth, requestTimeoutMs } = options;
+  const { auth, requestTimeoutMs, hedgeAfterMs } = options;
   // Simple tokens are local to the etcd member that issued them.
   const tokens = new Map<string, Promise<string | undefined>>();
   let preferred = 0;
@@ -201,25 +207,24 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     endpoints,
     watchPrefix,
     async rangePrefix(prefix, signal) {
-      const failures: string[] = [];
-      let lastError: unknown;
-      for (let i = 0; i < endpoints.length; i++) {
-        const index = (preferred + i) % endpoints.length;
-        const endpoint = endpoints[index]!;
-        try {
-          const result = await rangeAt(endpoint, prefix, signal);
-          preferred = index;
-          return result;
-        } catch (error) {
-          const refused = error instanceof ConnectError && (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied);
-          if (signal.aborted || refused) {
-            throw error;
-          }
-          lastError = error;
-          failures.push(`${endpoint}: ${describeError(error)}`);
+      // Start with the endpoint that answered last; a hung one is hedged, not waited out.
+      const first = preferred;
+      const at = (i: number) => (first + i) % endpoints.length;
+      try {
+        const { value, index } = await hedged(endpoints.length, (i, attempt) => rangeAt(endpoints[at(i)]!, prefix, attempt), {
+          signal,
+          hedgeAfterMs,
+          isFinal: (error) => error instanceof ConnectError && (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied),
+        });
+        preferred = at(index);
+        return value;
+      } catch (error) {
+        if (!(error instanceof HedgeFailure)) {
+          throw error;
         }
+        const failures = error.failures.map(({ index, error }) => `${endpoints[at(index)]}: ${describeError(error)}`);
+        throw new ConnectError(`every etcd endpoint failed (${failures.join("; ")})`, Code.Unavailable, undefined, undefined, error.failures.at(-1)?.error);
       }
-      throw new ConnectError(`every etcd endpoint failed (${failures.join("; ")})`, Code.Unavailable, undefined, undefined, lastError);
     },
   };
 }

@@ -3,9 +3,10 @@ import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/f
 import { decodeSnapshot } from "./decode.js";
 import type { Discovery, WatchListener } from "./discovery.js";
 import { createEtcdGateway, type EtcdAuth } from "./etcd-gateway.js";
+import { defaultSnapshotMaxAgeMs, snapshotPersistence, type SnapshotStore } from "./snapshot-store.js";
 
 export interface EtcdDiscoveryOptions {
-  /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]; tried in turn when one fails. */
+  /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]; the next is asked when one fails or is slow (hedgeAfterMs). */
   readonly endpoints: readonly string[];
   /** Key namespace; "/microservices" for kratos (its default), "" for etcd-naming. */
   readonly namespace?: string;
@@ -25,10 +26,25 @@ export interface EtcdDiscoveryOptions {
    * processes: the open watch keeps a Node process alive until close().
    */
   readonly watch?: boolean;
+  /**
+   * When one endpoint has not answered a read within this many ms, the next one
+   * is asked too and the first answer wins (default 300), so a hung etcd member
+   * does not eat the call's deadline.
+   */
+  readonly hedgeAfterMs?: number;
+  /**
+   * Keeps the last snapshot of each service outside the process ({ get, put };
+   * a Cloudflare KV namespace fits as it is, or fileSnapshotStore() on Node):
+   * written after reads, read only at a cold start when etcd cannot be read.
+   */
+  readonly snapshotStore?: SnapshotStore;
+  /** A stored snapshot older than this is ignored, in ms (default 86,400,000: 24 h). */
+  readonly snapshotMaxAgeMs?: number;
 }
 
 const defaultTtlMs = 10_000;
 const defaultRequestTimeoutMs = 5_000;
+const defaultHedgeAfterMs = 300;
 
 /**
  * Discovers instances through etcd's v3 JSON gateway (on by default on the
@@ -40,7 +56,9 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
   const namespace = options.namespace ?? layout.defaultNamespace;
   const ttlMs = checkDuration("ttlMs", options.ttlMs ?? defaultTtlMs);
   const requestTimeoutMs = checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs);
-  const gateway = createEtcdGateway({ endpoints: options.endpoints, auth: options.auth, fetch: options.fetch, requestTimeoutMs });
+  const hedgeAfterMs = checkDuration("hedgeAfterMs", options.hedgeAfterMs ?? defaultHedgeAfterMs);
+  const maxAgeMs = checkDuration("snapshotMaxAgeMs", options.snapshotMaxAgeMs ?? defaultSnapshotMaxAgeMs);
+  const gateway = createEtcdGateway({ endpoints: options.endpoints, auth: options.auth, fetch: options.fetch, requestTimeoutMs, hedgeAfterMs });
   const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
   const watch = options.watch ?? false;
   return {
@@ -52,8 +70,11 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
       credentialsId(options.auth),
       fetchId(options.fetch),
       requestTimeoutMs,
+      hedgeAfterMs,
       ttlMs,
       watch,
+      storeId(options.snapshotStore),
+      maxAgeMs,
     ]),
     ttlMs,
     describe: () => where,
@@ -61,6 +82,14 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
       const { revision, kvs } = await gateway.rangePrefix(servicePrefix(namespace, service), signal);
       return decodeSnapshot(layout, service, revision, kvs);
     },
+    ...(options.snapshotStore !== undefined && {
+      // Keyed by what is read and how, never by who reads: no credentials in a store key.
+      persistence: snapshotPersistence(
+        options.snapshotStore,
+        [[...gateway.endpoints].sort(), namespace, typeof options.format === "function" ? `custom ${options.format.name}` : layout.name],
+        maxAgeMs,
+      ),
+    }),
     ...(watch && {
       watch: (service: string, afterRevision: number, signal: AbortSignal, listener: WatchListener) =>
         gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, listener),
@@ -87,6 +116,22 @@ function credentialsId(auth: EtcdAuth | undefined): string {
   }
   return id;
 }
+
+const storeIds = new WeakMap<SnapshotStore, number>();
+
+/** Distinguishes stores: a transport given a store must not share a cache entry that never saves to it. */
+function storeId(store: SnapshotStore | undefined): number {
+  if (store === undefined) {
+    return 0;
+  }
+  let id = storeIds.get(store);
+  if (id === undefined) {
+    id = ++stores;
+    storeIds.set(store, id);
+  }
+  return id;
+}
+let stores = 0;
 
 const fetchIds = new WeakMap<typeof globalThis.fetch, number>();
 

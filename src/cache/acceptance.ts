@@ -1,0 +1,87 @@
+import type { Snapshot } from "../discovery/discovery.js";
+import type { BalancerEvent } from "../events.js";
+
+/** Reads in a row below the known revision after which etcd is taken to have been rebuilt. */
+const etcdResetAfterReads = 3;
+
+/** What the cache knows of a service, as far as deciding what to serve goes. */
+export interface CacheState {
+  /** What calls are served from; undefined before the first read. */
+  readonly snapshot: Snapshot | undefined;
+  /** The highest revision read so far, even when its content equalled the served snapshot. */
+  readonly revision: number;
+  /** Reads in a row that saw a revision below `revision`. */
+  readonly lowerReads: number;
+  /** The registry read empty and the last instances keep serving. */
+  readonly servingOverEmpty: boolean;
+  /** The snapshot came from the snapshot store, not from this process' reads: any registry read replaces it. */
+  readonly restored: boolean;
+}
+
+export const initialState: CacheState = {
+  snapshot: undefined,
+  revision: Number.NEGATIVE_INFINITY,
+  lowerReads: 0,
+  servingOverEmpty: false,
+  restored: false,
+};
+
+export interface Verdict {
+  readonly state: CacheState;
+  /** etcd's revisions started over (rebuilt or restored etcd): a watch must start again from the new revision. */
+  readonly etcdReset: boolean;
+  readonly events: readonly BalancerEvent[];
+}
+
+/** The rules for a registry read: what it replaces, what it may not, and what to report. Pure. */
+export function acceptRead(state: CacheState, next: Snapshot): Verdict {
+  const served = state.restored ? undefined : state.snapshot;
+  let etcdReset = false;
+  if (served !== undefined && next.revision < state.revision) {
+    // An older read that lost a race never replaces a newer one. Lower
+    // revisions read again and again, though, mean etcd was rebuilt or
+    // restored, and its revisions started over.
+    if (state.lowerReads + 1 < etcdResetAfterReads) {
+      return { state: { ...state, lowerReads: state.lowerReads + 1 }, etcdReset, events: [] };
+    }
+    etcdReset = true;
+  }
+  const base = { ...state, restored: false, lowerReads: 0, revision: next.revision };
+  const servingOverEmpty = next.instances.length > 0 ? false : state.servingOverEmpty;
+  if (served !== undefined && sameContent(served, next)) {
+    // same instances: keep the object so balancers keep their state
+    return { state: { ...base, snapshot: served, servingOverEmpty }, etcdReset, events: [] };
+  }
+  if (next.instances.length === 0 && served !== undefined && served.instances.length > 0) {
+    // kratos' zero-endpoint protection: an empty registry is more often a wiped
+    // or misconfigured etcd than a fleet scaled to zero, so keep the last peers.
+    const events: BalancerEvent[] = servingOverEmpty
+      ? []
+      : [{ type: "empty_registry_ignored", service: next.service, revision: next.revision, instances: served.instances.length }];
+    return { state: { ...base, snapshot: served, servingOverEmpty: true }, etcdReset, events };
+  }
+  const events: BalancerEvent[] = [
+    { type: "snapshot", service: next.service, revision: next.revision, instances: next.instances.length },
+    ...next.skipped.map(({ key, reason }): BalancerEvent => ({ type: "entry_skipped", service: next.service, key, reason })),
+  ];
+  return { state: { ...base, snapshot: next, servingOverEmpty }, etcdReset, events };
+}
+
+/**
+ * A snapshot from the store, taken only while nothing was read yet. Its
+ * revision is not remembered, so it never holds back a registry read.
+ */
+export function acceptRestored(state: CacheState, stored: Snapshot): Verdict {
+  if (state.snapshot !== undefined) {
+    return { state, etcdReset: false, events: [] };
+  }
+  return {
+    state: { ...state, snapshot: stored, restored: true },
+    etcdReset: false,
+    events: [{ type: "snapshot", service: stored.service, revision: stored.revision, instances: stored.instances.length }],
+  };
+}
+
+function sameContent(a: Snapshot, b: Snapshot): boolean {
+  return JSON.stringify([a.instances, a.skipped]) === JSON.stringify([b.instances, b.skipped]);
+}

@@ -1,0 +1,50 @@
+import type { Discovery } from "../discovery/discovery.js";
+import { pause } from "./signals.js";
+
+/** A watch open at least this long before it broke counts as having worked. */
+const healthyWatchMs = 30_000;
+/** Longest wait before watching again after the watch broke. */
+const maxWatchBackoffMs = 30_000;
+
+export interface WatchLoopHooks {
+  /** The revision to watch after: the highest read so far. */
+  revision(): number;
+  /** The registry changed, or a broken watch may have missed a change: read it. */
+  changed(): void;
+  /** The watch broke; it is opened again after a backoff. */
+  failed(error: unknown): void;
+}
+
+/** Keeps a service's watch open until the signal aborts, re-opening a broken one with backoff. */
+export async function watchLoop(
+  watch: NonNullable<Discovery["watch"]>,
+  service: string,
+  signal: AbortSignal,
+  hooks: WatchLoopHooks,
+): Promise<void> {
+  let failures = 0;
+  let openedAt: number | undefined;
+  const listener = {
+    opened: () => (openedAt = Date.now()),
+    changed: () => hooks.changed(),
+  };
+  while (!signal.aborted) {
+    try {
+      openedAt = undefined;
+      await watch(service, hooks.revision(), signal, listener);
+    } catch (error) {
+      if (signal.aborted) {
+        return;
+      }
+      // A watch that stayed open a while worked: start the backoff over. One
+      // that a proxy ends right after opening keeps backing off.
+      if (openedAt !== undefined && Date.now() - openedAt >= healthyWatchMs) {
+        failures = 0;
+      }
+      failures++;
+      hooks.failed(error);
+      hooks.changed(); // catch up on whatever the broken watch missed
+      await pause(Math.min(maxWatchBackoffMs, 250 * 2 ** failures), signal);
+    }
+  }
+}
