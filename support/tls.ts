@@ -1,6 +1,8 @@
 // Throwaway certificates for the TLS (grpcs) tests: a CA, and a server
 // certificate signed by it for the DNS name "echo.test" and the loopback IPs.
 import { execFile } from "node:child_process";
+import * as https from "node:https";
+import { Readable } from "node:stream";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -50,4 +52,48 @@ export async function makeTestCertificates(): Promise<TestCertificates> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A fetch that trusts `ca` (PEM), built on node:https: what etcdDiscovery's
+ * `fetch` option needs to reach an etcd whose certificate a private CA signed.
+ * Node's global fetch takes no `ca`; this is the dependency-free alternative
+ * to undici's `Agent({ connect: { ca } })` as a `dispatcher`. Supports what the
+ * library uses: method, headers, a string body, signal, and a streamed response.
+ */
+export function httpsFetch(options: { ca: string | Buffer; cert?: string; key?: string }): typeof globalThis.fetch {
+  const agent = new https.Agent({ ca: options.ca, cert: options.cert, key: options.key, keepAlive: true });
+  return ((input: RequestInfo | URL, init: RequestInit = {}) =>
+    new Promise<Response>((resolve, reject) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      const signal = init.signal ?? undefined;
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const headers: Record<string, string> = {};
+      new Headers(init.headers).forEach((value, name) => (headers[name] = value));
+      const body = init.body ?? undefined;
+      if (body !== undefined && typeof body !== "string") {
+        reject(new TypeError("httpsFetch sends string bodies only"));
+        return;
+      }
+      const request = https.request(url, { method: init.method ?? "GET", headers, agent }, (response) => {
+        const responseHeaders = new Headers();
+        for (const [name, value] of Object.entries(response.headers)) {
+          for (const item of Array.isArray(value) ? value : value === undefined ? [] : [value]) {
+            responseHeaders.append(name, item);
+          }
+        }
+        const status = response.statusCode ?? 0;
+        const stream = status === 204 || status === 304 ? null : (Readable.toWeb(response) as ReadableStream<Uint8Array>);
+        resolve(new Response(stream, { status, statusText: response.statusMessage, headers: responseHeaders }));
+      });
+      const onAbort = () => request.destroy(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));
+      signal?.addEventListener("abort", onAbort, { once: true });
+      request.once("close", () => signal?.removeEventListener("abort", onAbort));
+      // Network failures reject like fetch does: a TypeError with the cause.
+      request.once("error", (error) => reject(signal?.aborted ? signal.reason : new TypeError("fetch failed", { cause: error })));
+      request.end(body);
+    })) as typeof globalThis.fetch;
 }
