@@ -218,3 +218,32 @@ describe("ring_hash", () => {
     expect(unkeyed.size).toBe(4);
   });
 });
+
+describe("a peer that fails fast", () => {
+  /** Picks `calls` times; the broken peer's calls fail at once, the other's stay in flight until 4 more are waiting. */
+  function shareOfBroken(balancer: ReturnType<typeof leastRequest>, failure: ConnectError): number {
+    const [broken, working] = [peer(1), peer(2)];
+    const picker = balancer.build([broken, working]);
+    const waiting: (() => void)[] = [];
+    let toBroken = 0;
+    for (let i = 0; i < 1_000; i++) {
+      const pick = picker(request);
+      if (pick.peer === broken) {
+        toBroken++;
+        pick.done?.({ error: failure }, 0.1);
+      } else {
+        waiting.push(() => pick.done?.({}, 5));
+        if (waiting.length > 4) waiting.shift()!();
+      }
+    }
+    return toBroken / 1_000;
+  }
+
+  it.each([
+    ["least_request", () => leastRequest()],
+    ["p2c", () => p2c()],
+  ])("does not attract the calls under %s when it fails with Unavailable, but does when it answers NotFound", (_name, make) => {
+    expect(shareOfBroken(make(), new ConnectError("down", Code.Unavailable))).toBeLessThan(0.5);
+    expect(shareOfBroken(make(), new ConnectError("no such user", Code.NotFound))).toBeGreaterThan(0.5);
+  });
+});

@@ -1,6 +1,6 @@
 import { Code } from "@connectrpc/connect";
 import type { Balancer } from "./balancer.js";
-import { StatsByPeer, twoChoices, type PeerStats } from "./peer-stats.js";
+import { StatsByPeer, failureFadeMs, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerStats } from "./peer-stats.js";
 
 export interface P2cOptions {
   /** Time constant of the latency average in ms: how fast it forgets a slow sample (default 10,000, as Finagle and Linkerd). */
@@ -46,11 +46,14 @@ export function p2c(options: P2cOptions = {}): Balancer {
             if (result.error?.code === Code.Canceled) {
               return;
             }
-            // A failure counts as twice the average latency (bounded), so traffic moves away from the peer.
-            const sample =
-              result.error === undefined
-                ? latencyMs
-                : Math.min(maxPenaltyMs, Math.max(latencyMs, 2 * averageLatency(peerStats, performance.now(), decayMs)));
+            // A server-side failure counts as twice the average latency (bounded), so a peer that fails
+            // fast does not look attractive (Linkerd); an application error (NotFound) is an ordinary answer.
+            if (isPeerFailure(result.error)) {
+              recordFailure(chosen, performance.now(), Math.min(failureFadeMs, decayMs));
+            }
+            const sample = !isPeerFailure(result.error)
+              ? latencyMs
+              : Math.min(maxPenaltyMs, Math.max(latencyMs, 2 * averageLatency(peerStats, performance.now(), decayMs)));
             record(chosen, sample, decayMs);
           },
         };
@@ -64,7 +67,8 @@ function cost(all: readonly PeerStats[], i: number, now: number, decayMs: number
   const estimate = latency(stats, now, decayMs) ?? averageLatency(all, now, decayMs);
   // Unary calls still waiting on the peer show it is at least this slow, before any of them answers.
   const waiting = stats.aged === 0 ? 0 : now - stats.startedSum / stats.aged;
-  return Math.max(estimate, waiting) * (stats.inflight + 1);
+  // Recent server-side failures count as calls in flight: a peer that fails fast would otherwise look idle.
+  return Math.max(estimate, waiting) * (stats.inflight + 1 + recentFailures(stats, now, Math.min(failureFadeMs, decayMs)));
 }
 
 /**

@@ -1,3 +1,4 @@
+import { Code, type ConnectError } from "@connectrpc/connect";
 import type { Peer } from "../peer.js";
 
 /**
@@ -14,6 +15,9 @@ export interface PeerStats {
   latencyMs: number | undefined;
   /** performance.now() of the last sample. */
   sampledAt: number;
+  /** Recent server-side failures, fading with a 1 s time constant from `failedAt`. */
+  failures: number;
+  failedAt: number;
 }
 
 export class StatsByPeer {
@@ -30,7 +34,7 @@ export class StatsByPeer {
     return peers.map((peer) => {
       let stats = this.byUrl.get(peer.url);
       if (stats === undefined) {
-        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0 };
+        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0, failures: 0, failedAt: 0 };
         this.byUrl.set(peer.url, stats);
       }
       return stats;
@@ -46,4 +50,24 @@ export function twoChoices(n: number): [number, number] {
   }
   const b = Math.floor(Math.random() * (n - 1));
   return [a, b >= a ? b + 1 : b];
+}
+
+/** Failures that say the peer, not the request, is at fault (an application error such as NotFound shows a working server). */
+const peerFailures = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.DataLoss]);
+
+export function isPeerFailure(error: ConnectError | undefined): boolean {
+  return error !== undefined && peerFailures.has(error.code);
+}
+
+/** How fast failures are forgiven by default: a second, so a peer back on its feet gets calls at once. */
+export const failureFadeMs = 1_000;
+
+/** The recent failures of a peer as of now, each fading with time constant `fadeMs`: one counts as one more call in flight. */
+export function recentFailures(stats: PeerStats, now: number, fadeMs = failureFadeMs): number {
+  return stats.failures === 0 ? 0 : stats.failures * Math.exp(-(now - stats.failedAt) / fadeMs);
+}
+
+export function recordFailure(stats: PeerStats, now: number, fadeMs = failureFadeMs): void {
+  stats.failures = recentFailures(stats, now, fadeMs) + 1;
+  stats.failedAt = now;
 }

@@ -1,4 +1,5 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
+import { isPeerFailure } from "../balancer/peer-stats.js";
 import type { Peer } from "../peer.js";
 
 /**
@@ -30,9 +31,6 @@ export interface OutlierDetectionOptions {
 /** What a call's end says about its peer's health. */
 export type PeerOutcome = "alive" | "failed" | "unreachable" | "unknown";
 
-/** Server-side failures (A50's and Envoy's 5xx): the peer, not the request, is at fault. */
-const serverFailures = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.DataLoss]);
-
 /**
  * What the end of a call says about the peer: a success or an application
  * error (NotFound, InvalidArgument…) shows a working server; a caller's
@@ -48,7 +46,7 @@ export function outcomeOf(error: ConnectError | undefined, unreachable: boolean,
   if (unreachable) {
     return "unreachable";
   }
-  return serverFailures.has(error.code) ? "failed" : "alive";
+  return isPeerFailure(error) ? "failed" : "alive"; // A50's and Envoy's 5xx: Unavailable, Internal, Unknown, DataLoss
 }
 
 interface PeerHealth {
