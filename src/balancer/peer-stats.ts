@@ -64,7 +64,15 @@ export const failureFadeMs = 1_000;
 
 /** The recent failures of a peer as of now, each fading with time constant `fadeMs`: one counts as one more call in flight. */
 export function recentFailures(stats: PeerStats, now: number, fadeMs = failureFadeMs): number {
-  return stats.failures === 0 ? 0 : stats.failures * Math.exp(-(now - stats.failedAt) / fadeMs);
+  if (stats.failures === 0) {
+    return 0;
+  }
+  const left = stats.failures * Math.exp(-(now - stats.failedAt) / fadeMs);
+  if (left < 0.01) {
+    stats.failures = 0; // forgiven: a trace must not lose the peer every near tie
+    return 0;
+  }
+  return left;
 }
 
 export function recordFailure(stats: PeerStats, now: number, fadeMs = failureFadeMs): void {
