@@ -119,9 +119,10 @@ function report(title: string, results: Record<string, number>, baseline?: strin
   await Promise.all(servers.map((s) => s.stop()));
 }
 
-// 3. One slow instance among three (Linkerd's anchor: p99 734 ms with peak-EWMA
-// P2C vs 2,100 ms with round robin). Peers answer after a timer: two in 2 ms,
-// one in 40 ms; 32 callers make 2,000 calls per policy, in 3 runs.
+// 3. One instance 30× slower than four others (Linkerd's anchor: p99 734 ms
+// with peak-EWMA P2C vs 2,100 ms with round robin, a ratio of 0.35). Peers
+// answer after a timer: four in 2 ms, one in 60 ms; 32 callers make 2,000
+// calls per policy, in 5 runs; each run reports p2c's p99 over round_robin's.
 {
   const delayed = (ms: number, servedBy: string): Transport => ({
     async unary(method) {
@@ -131,15 +132,17 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     stream: () => Promise.reject(new Error("unused")),
   });
   const policies = ["round_robin", "least_request", "p2c"] as const;
-  const runs = 3;
-  console.log(`\none slow instance (40 ms) among three (2 ms), 32 concurrent callers, 2,000 calls; ${runs} runs, the policies alternated`);
+  const runs = 5;
+  const peers = [1, 2, 3, 4, 5].map((n) => `grpc://10.0.0.${n}:9000`);
+  const isSlow = (address: string) => address.startsWith("10.0.0.5");
+  console.log(`\none instance 30× slower (60 ms) than four others (2 ms), 32 concurrent callers, 2,000 calls; ${runs} runs, the policies alternated`);
   for (let run = 1; run <= runs; run++) {
     for (const balancer of policies) {
       const transport = createBalancedTransport({
         service: "user-service",
-        discovery: staticDiscovery(["grpc://10.0.0.1:9000", "grpc://10.0.0.2:9000", "grpc://10.0.0.3:9000"]),
+        discovery: staticDiscovery(peers),
         balancer,
-        transport: (peer) => delayed(peer.address.startsWith("10.0.0.3") ? 40 : 2, peer.address),
+        transport: (peer) => delayed(isSlow(peer.address) ? 60 : 2, peer.address),
       });
       const client = createClient(UserService, transport);
       const latencies: number[] = [];
@@ -151,7 +154,7 @@ function report(title: string, results: Record<string, number>, baseline?: strin
             const start = performance.now();
             const response = await client.getUser({ id: "1" });
             latencies.push(performance.now() - start);
-            toSlow += response.servedBy.startsWith("10.0.0.3") ? 1 : 0;
+            toSlow += isSlow(response.servedBy) ? 1 : 0;
           }
         }),
       );
@@ -165,6 +168,8 @@ function report(title: string, results: Record<string, number>, baseline?: strin
       slowInstanceRuns.set(balancer, percentiles);
       await transport.close();
     }
+    const p99 = (policy: string) => slowInstanceRuns.get(policy)!.at(-1)!.p99;
+    console.log(`  run ${run}: p2c p99 ×${(p99("p2c") / p99("round_robin")).toFixed(2)} of round_robin's (Linkerd's anchor: ×0.35)`);
   }
   console.log(`  median over the ${runs} runs (min–max):`);
   for (const [balancer, list] of slowInstanceRuns) {
@@ -314,7 +319,7 @@ let grpcComparison: GrpcComparison;
   const p2cChart = barChartSvg(
     [
       {
-        title: "One slow instance (40 ms) among three (2 ms): latency percentiles",
+        title: "One instance 30× slower (60 ms) than four others (2 ms): latency percentiles",
         subtitle: `32 concurrent callers, 2,000 calls per run; median of ${slowRuns[0]?.[1].length ?? 0} runs, whiskers min–max (lower is better)`,
         yLabel: "latency, ms",
         series: slowRuns.map(([name]) => ({ name, color: policyColors[name] ?? "#777" })),
