@@ -187,6 +187,26 @@ describe("caller mistakes and edge cases", () => {
     expect(streamsSeen).toBe(before);
   });
 
+  it("resends calls a live peer refuses (REFUSED_STREAM), whatever the method, and holds nothing against it", async () => {
+    const echo = await startEchoServer({ kind: "grpc-js" });
+    echoServers.push(echo);
+    const recorder = eventRecorder();
+    const balanced = createBalancedTransport({
+      service: "raw",
+      discovery: staticDiscovery([`grpc://${address}`, `grpc://${echo.address}`]),
+      transport: nodeHttp2Transport(),
+      balancer: "round_robin",
+      onEvent: recorder.onEvent,
+    });
+    const writes = await Promise.allSettled(
+      Array.from({ length: 20 }, () => createClient(EchoService, balanced).write({}, { headers: { "x-behavior": "REFUSED_STREAM" } })),
+    );
+    await balanced.close();
+    expect(writes.filter((w) => w.status === "rejected")).toEqual([]);
+    expect(echo.stats.calls).toBe(20);
+    expect(recorder.events.filter((e) => e.type === "peer_ejected")).toEqual([]);
+  });
+
   it("refuses an invalid header name as InvalidArgument, leaving no listener on the caller's signal", async () => {
     const controller = new AbortController();
     const error = await rejection(client().echo({}, { headers: { "bad name": "x" }, signal: controller.signal, timeoutMs: 60_000 }));

@@ -25,8 +25,10 @@ describe("outcomeOf", () => {
     ["the caller's cancellation", error(Code.Canceled), false, true, "unknown"],
     ["a cancellation that cut a connection attempt", error(Code.Unavailable), true, true, "unknown"],
     ["a passed deadline", error(Code.DeadlineExceeded), false, false, "unknown"],
+    ["a refused stream (REFUSED_STREAM on a live connection)", error(Code.Unavailable), "refused", false, "unknown"],
   ] as const)("%s → %s", (_name, failure, unreachable, canceled, outcome) => {
-    expect(outcomeOf(failure, unreachable, canceled)).toBe(outcome);
+    const kind = { unreachable: unreachable === true, refused: unreachable === "refused" };
+    expect(outcomeOf(failure, kind, canceled)).toBe(outcome);
   });
 });
 

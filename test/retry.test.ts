@@ -12,7 +12,7 @@ import { RetryBudget } from "../src/transport/retry-budget.js";
 const peers = [1, 2, 3].map((n) => ({ url: `http://10.0.0.${n}:9000`, address: `10.0.0.${n}:9000` }) as Peer);
 
 /** A policy over the three peers whose attempts fail with the given kinds, in turn. */
-function policyFailing(kinds: { unreachable: boolean; retryable: boolean }[], budget = new RetryBudget()) {
+function policyFailing(kinds: { unreachable: boolean; retryable: boolean; refused?: boolean }[], budget = new RetryBudget()) {
   const sentTo: string[] = [];
   let n = 0;
   const policy: RetryPolicy = {
@@ -24,7 +24,7 @@ function policyFailing(kinds: { unreachable: boolean; retryable: boolean }[], bu
       return { method: UserService.method.getUser, signal: undefined, pick: { peer }, entry: {} as never, started: 0 } as Attempt;
     },
     finish(attempt): AttemptFailure {
-      const kind = kinds[Math.min(n++, kinds.length - 1)]!;
+      const kind = { refused: false, ...kinds[Math.min(n++, kinds.length - 1)]! };
       return { error: new ConnectError(`failed on ${attempt.pick.peer.address}`, Code.Unavailable, undefined, undefined, new ConnectError("down", Code.Unavailable)), kind };
     },
     hasUntried: (tried) => peers.some((p) => !tried.has(p.url)),
@@ -61,6 +61,7 @@ describe("untilResponse", () => {
     const empty = new RetryBudget(0, 0);
     expect((await run(policyFailing([{ unreachable: false, retryable: true }], empty), call())).sentTo).toHaveLength(1);
     expect((await run(policyFailing([{ unreachable: true, retryable: true }], empty), call())).sentTo).toHaveLength(3);
+    expect((await run(policyFailing([{ unreachable: false, retryable: true, refused: true }], empty), call())).sentTo).toHaveLength(3);
   });
 
   async function run(setup: ReturnType<typeof policyFailing>, retried: RetriedCall<string>) {

@@ -71,7 +71,7 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   const failure = asPeerFailure(ConnectError.from(error), canceledByCaller);
   pick.done?.({ error: failure }, latencyMs);
   const kind = classifyFailure(failure, method);
-  const outcome = outcomeOf(failure, kind.unreachable, canceledByCaller || deliveryOf(failure) === "canceled");
+  const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled");
   const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
   if (forMs !== undefined) {
     const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";

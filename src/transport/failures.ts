@@ -18,23 +18,32 @@ export interface FailureKind {
   readonly unreachable: boolean;
   /** Sending the call again, to another peer, cannot repeat a side effect. */
   readonly retryable: boolean;
+  /**
+   * A live peer refused the stream (HTTP/2 REFUSED_STREAM): resent for free,
+   * but no sign against the peer — a server's rapid-reset protection refuses
+   * streams after a storm of our own cancellations.
+   */
+  readonly refused: boolean;
 }
 
-const ordinary: FailureKind = { unreachable: false, retryable: false };
+const ordinary: FailureKind = { unreachable: false, retryable: false, refused: false };
 
 export function classifyFailure(error: ConnectError, method: DescMethod): FailureKind {
   const delivery = deliveryOf(error);
   if (delivery === "canceled") {
     return ordinary;
   }
+  if ([error, ...causes(error)].some(isRefusedStream)) {
+    return { unreachable: false, retryable: true, refused: true };
+  }
   if (delivery === "unprocessed" || neverSent(error)) {
-    return { unreachable: true, retryable: true };
+    return { unreachable: true, retryable: true, refused: false };
   }
   if (delivery === "lost") {
-    return { unreachable: true, retryable: isIdempotent(method) };
+    return { unreachable: true, retryable: isIdempotent(method), refused: false };
   }
   if (error.code === Code.Unavailable) {
-    return { unreachable: false, retryable: isIdempotent(method) };
+    return { unreachable: false, retryable: isIdempotent(method), refused: false };
   }
   return ordinary;
 }
@@ -67,13 +76,12 @@ function isSystemError(cause: unknown): boolean {
 
 /** For transports that do not mark their errors (connect-node's, fetch's causes): the request provably never left. */
 function neverSent(error: ConnectError): boolean {
-  return causes(error).some(
-    (cause) =>
-      notConnectedCodes.has(String((cause as { code?: unknown }).code)) ||
-      // HTTP/2 REFUSED_STREAM: the server guarantees it did not process the request
-      // (RFC 9113 §8.7) — what an instance that is shutting down answers on an open connection.
-      String((cause as { message?: unknown }).message).includes("NGHTTP2_REFUSED_STREAM"),
-  );
+  return causes(error).some((cause) => notConnectedCodes.has(String((cause as { code?: unknown }).code)));
+}
+
+/** HTTP/2 REFUSED_STREAM: the server guarantees it did not process the request (RFC 9113 §8.7); node:http2 names it in its stream error. */
+function isRefusedStream(cause: unknown): boolean {
+  return /\bREFUSED_STREAM\b|NGHTTP2_REFUSED_STREAM/.test(String((cause as { message?: unknown }).message));
 }
 
 function isIdempotent(method: DescMethod): boolean {

@@ -34,15 +34,16 @@ export type PeerOutcome = "alive" | "failed" | "unreachable" | "unknown";
 /**
  * What the end of a call says about the peer: a success or an application
  * error (NotFound, InvalidArgument…) shows a working server; a caller's
- * cancellation and a passed deadline say nothing.
+ * cancellation, a passed deadline and a refused stream say nothing.
  */
-export function outcomeOf(error: ConnectError | undefined, unreachable: boolean, canceledByCaller: boolean): PeerOutcome {
+export function outcomeOf(error: ConnectError | undefined, kind: { unreachable: boolean; refused: boolean }, canceledByCaller: boolean): PeerOutcome {
   if (error === undefined) {
     return "alive";
   }
-  if (canceledByCaller || error.code === Code.DeadlineExceeded) {
+  if (canceledByCaller || kind.refused || error.code === Code.DeadlineExceeded) {
     return "unknown";
   }
+  const { unreachable } = kind;
   if (unreachable) {
     return "unreachable";
   }

@@ -60,11 +60,12 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
         const timeLeft = deadline === undefined || deadline - performance.now() > 0;
         const worthRetrying =
           call.resendable && failure.kind.retryable && attempts < policy.maxAttempts && call.signal?.aborted !== true && timeLeft && policy.hasUntried(tried);
-        if (!worthRetrying || !(failure.kind.unreachable || policy.budget.tryRetry())) {
+        const free = failure.kind.unreachable || failure.kind.refused; // never reached a server, or a dead one
+        if (!worthRetrying || !(free || policy.budget.tryRetry())) {
           throw earlier === undefined ? failure.error : withEarlierAttempts(failure.error, earlier);
         }
         (earlier ??= []).push(`${attempt.pick.peer.address}: ${failure.error.cause instanceof ConnectError ? failure.error.cause.message : failure.error.rawMessage}`);
-        retries += failure.kind.unreachable ? 0 : 1;
+        retries += free ? 0 : 1;
       }
     }
   } finally {
