@@ -6,9 +6,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { Code, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { EchoService } from "../gen/test/echo/v1/echo_pb.js";
-import { createBalancedTransport, deliveryOf, staticDiscovery, type Balancer, type BalancedTransport, type Peer } from "../src/index.js";
+import { createBalancedTransport, deliveryOf, etcdDiscovery, staticDiscovery, type Balancer, type BalancedTransport, type Peer } from "../src/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
-import { freePort } from "../support/etcd.js";
+import { freePort, startEtcd, type EtcdServer } from "../support/etcd.js";
+import { registerKratos } from "../support/registry.js";
 import { startEchoServer, type EchoServer } from "../support/echo-server.js";
 import { eventRecorder, rejection, until } from "./helpers.js";
 
@@ -183,5 +184,58 @@ describe("the pick of a server stream that nobody reads to the end", () => {
       // nodeHttp2Transport() has close(): the connection goes, and the server sees both streams end
       await until(() => server!.stats.cancelled === 2, { what: "the server seeing both streams cancelled" });
     }
+  });
+});
+
+describe("a peer that leaves the registry with a stream nobody reads", () => {
+  let etcd: EtcdServer | undefined;
+  afterEach(async () => {
+    await etcd?.stop();
+    etcd = undefined;
+  });
+
+  it("ends the stream's pick, and closes the peer's connection (the server sees the stream cancelled)", async () => {
+    etcd = await startEtcd();
+    const started = await echoServers(2);
+    const registrations = await Promise.all(
+      started.map((s, i) => registerKratos(etcd!.endpoint, { id: `echo-${i}`, name: "leaving-echo", version: "v1", metadata: null, endpoints: [`grpc://${s.address}`] })),
+    );
+    // records how the stream's pick ends; the calls after it are not recorded
+    const ended: (Code | "ok")[] = [];
+    let streamPicked = false;
+    const recording: Balancer = {
+      name: "record-the-first-pick",
+      build: (peers) => () => {
+        const first = !streamPicked;
+        streamPicked = true;
+        return { peer: peers[0]!, done: (result) => void (first && ended.push(result.error?.code ?? "ok")) };
+      },
+    };
+    const recorder = eventRecorder();
+    const transport = createBalancedTransport({
+      service: "leaving-echo",
+      discovery: etcdDiscovery({ endpoints: [etcd.endpoint], ttlMs: 50 }),
+      transport: nodeHttp2Transport(),
+      balancer: recording,
+      onEvent: recorder.onEvent,
+    });
+    transports.push(transport);
+    const input = (async function* () {
+      yield { count: 1_000, delayMs: 50 };
+    })();
+    const response = await transport.stream(EchoService.method.serverStream, undefined, undefined, undefined, input);
+    const gone = started.find((s) => s.address === response.peer.address)!;
+    await registrations[started.indexOf(gone)]!.deregister();
+    // calls read the registry again once the 50 ms TTL passed; the one that sees the new
+    // snapshot retires the departed peer: its stream is ended and its connection closed
+    let seen = false;
+    void recorder.next("snapshot").then(() => (seen = true));
+    const client = createClient(EchoService, transport);
+    for (let i = 0; i < 500 && (!seen || ended.length === 0); i++) {
+      await client.echo({});
+    }
+    expect(ended).toEqual([Code.Canceled]);
+    await until(() => gone.stats.cancelled === 1, { what: "the departed server seeing its stream cancelled" });
+    await Promise.all(registrations.map((r) => r.deregister().catch(() => {})));
   });
 });

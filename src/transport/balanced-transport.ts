@@ -25,7 +25,7 @@ import { OutlierDetection, type OutlierDetectionOptions } from "./outlier-detect
 import { untilResponse, type RetryPolicy } from "./retry.js";
 import { RetryBudget } from "./retry-budget.js";
 import { parseServiceName } from "./service-name.js";
-import { collect, trackStream, type EndStream } from "./stream-pick.js";
+import { collect, trackStream } from "./stream-pick.js";
 import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 
@@ -134,8 +134,6 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const healthy = new HealthyPicker(balancer, detection);
   let peerSet: PeerSet | undefined;
   let closed = false;
-  /** The stream responses whose pick has not ended. */
-  const openStreams = new Set<EndStream>();
   const scope: AttemptScope = { service, pool, detection, onEvent, peerCount: () => peerSet?.peers.length ?? 1 };
 
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
@@ -225,7 +223,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       });
       attempt.responded = performance.now();
       const stream = response as StreamResponse<I, O>;
-      const message = trackStream(stream.message, signal, openStreams, (error) => finishAttempt(scope, attempt, error)?.error);
+      const message = trackStream(stream.message, signal, pool.streamsOf(attempt.entry), (error) => finishAttempt(scope, attempt, error)?.error);
       return { ...stream, peer: attempt.pick.peer, message };
     },
 
@@ -237,11 +235,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       if (!closed) {
         closed = true;
         cache.release();
-        const closing = markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled");
-        for (const end of [...openStreams]) {
-          end(closing);
-        }
-        await pool.closeAll();
+        await pool.closeAll(markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled"));
       }
     },
   };

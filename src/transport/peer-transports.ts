@@ -1,5 +1,7 @@
-import type { Transport } from "@connectrpc/connect";
+import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import type { Peer } from "../peer.js";
+import { markDelivery } from "./delivery.js";
+import type { EndStream, OpenStreams } from "./stream-pick.js";
 
 /** Builds the transport for one peer; called once per peer, and the result is reused. */
 export type PeerTransportFactory = (peer: Peer) => Transport;
@@ -7,8 +9,10 @@ export type PeerTransportFactory = (peer: Peer) => Transport;
 export interface PeerTransport {
   readonly transport: Transport;
   readonly address: string;
-  /** Calls in flight; a peer that left the snapshot is closed when this drops to zero. */
+  /** Calls in flight, stream responses included. */
   inflight: number;
+  /** The stream responses among them, each ended by its EndStream: a stream may stay open as long as its caller likes. */
+  readonly streams: Set<EndStream>;
   retired: boolean;
 }
 
@@ -31,7 +35,7 @@ export class PeerTransports {
   acquire(peer: Peer): PeerTransport {
     let entry = this.entries.get(peer.url);
     if (entry === undefined) {
-      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, retired: false };
+      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false };
       this.entries.set(peer.url, entry);
     }
     entry.inflight++;
@@ -40,33 +44,58 @@ export class PeerTransports {
 
   release(entry: PeerTransport): void {
     entry.inflight--;
-    if (entry.retired && entry.inflight === 0 && this.retiring.delete(entry)) {
-      void this.close(entry);
+    if (entry.retired) {
+      this.closeWhenUnaryDone(entry);
     }
   }
 
-  /** Drops the transports of peers no longer in the set; busy ones close when their last call ends. */
+  /**
+   * Drops the transports of peers no longer in the set: each closes once its
+   * unary calls in flight end; its open streams are ended then (they could
+   * stay open for ever, and their picks with them).
+   */
   retain(peers: readonly Peer[]): void {
     const live = new Set(peers.map((p) => p.url));
     for (const [url, entry] of this.entries) {
       if (!live.has(url)) {
         this.entries.delete(url);
         entry.retired = true;
-        if (entry.inflight === 0) {
-          void this.close(entry);
-        } else {
-          this.retiring.add(entry);
-        }
+        this.retiring.add(entry);
+        this.closeWhenUnaryDone(entry);
       }
     }
   }
 
-  /** Closes every transport now, busy or not. */
-  async closeAll(): Promise<void> {
+  /** Closes every transport now, busy or not, ending its open streams. */
+  async closeAll(reason: ConnectError): Promise<void> {
     const all = [...this.entries.values(), ...this.retiring];
     this.entries.clear();
     this.retiring.clear();
+    for (const entry of all) {
+      endStreams(entry, reason);
+    }
     await Promise.all(all.map((entry) => this.close(entry)));
+  }
+
+  /** The open streams of a peer's transport: a stream that opens after its peer left is ended with the others. */
+  streamsOf(entry: PeerTransport): OpenStreams {
+    return {
+      add: (end) => {
+        entry.streams.add(end);
+        if (entry.retired) {
+          this.closeWhenUnaryDone(entry);
+        }
+      },
+      delete: (end) => entry.streams.delete(end),
+    };
+  }
+
+  private closeWhenUnaryDone(entry: PeerTransport): void {
+    if (entry.inflight > entry.streams.size || !this.retiring.delete(entry)) {
+      return;
+    }
+    endStreams(entry, markDelivery(new ConnectError(`peer ${entry.address} left the registry`, Code.Canceled), "canceled"));
+    void this.close(entry);
   }
 
   private async close(entry: PeerTransport): Promise<void> {
@@ -80,6 +109,12 @@ export class PeerTransports {
     } catch (error) {
       this.onCloseFailed(entry.address, error);
     }
+  }
+}
+
+function endStreams(entry: PeerTransport, reason: ConnectError): void {
+  for (const end of [...entry.streams]) {
+    end(reason);
   }
 }
 

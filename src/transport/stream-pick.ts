@@ -4,12 +4,18 @@ import { markDelivery } from "./delivery.js";
 /** Ends a stream's attempt; returns the error naming its peer, once. */
 export type EndStream = (error?: unknown) => ConnectError | undefined;
 
+/** Where open streams are kept, so that closing their peer's transport can end them. */
+export interface OpenStreams {
+  add(end: EndStream): void;
+  delete(end: EndStream): void;
+}
+
 /**
  * Holds a stream response's pick until the stream ends: read to the end,
- * failed or returned — and also when the caller's signal aborts or the
- * transport closes (through `open`), whether or not anybody reads it.
+ * failed or returned — and also when the caller's signal aborts or its
+ * peer's transport closes (through `open`), whether or not anybody reads it.
  */
-export function trackStream<T>(messages: AsyncIterable<T>, signal: AbortSignal | undefined, open: Set<EndStream>, finish: EndStream): AsyncIterable<T> {
+export function trackStream<T>(messages: AsyncIterable<T>, signal: AbortSignal | undefined, open: OpenStreams, finish: EndStream): AsyncIterable<T> {
   let ended = false;
   const end: EndStream = (error) => {
     if (ended) {
