@@ -247,3 +247,27 @@ describe("a peer that fails fast", () => {
     expect(shareOfBroken(make(), new ConnectError("no such user", Code.NotFound))).toBeGreaterThan(0.5);
   });
 });
+
+describe("statistics across a picker built over a subset (the healthy peers while one is ejected)", () => {
+  it("keeps a busy peer's calls in flight, so least_request still avoids it when it is back", () => {
+    const all = Array.from({ length: 10 }, (_, i) => peer(i + 1));
+    const balancer = leastRequest();
+    const full = balancer.build(all);
+    balancer.build(all.slice(1)); // peer 1 ejected for a while
+    const held = [];
+    for (let i = 0; i < 2_000 && held.length < 50; i++) {
+      const pick = full(request);
+      if (pick.peer === all[0]) held.push(pick); // 50 calls in flight on peer 1
+      else pick.done?.({}, 1);
+    }
+    const subset = balancer.build([all[0]!, ...all.slice(2)]); // another peer ejected: peer 1 is in again
+    let toBusy = 0;
+    for (let i = 0; i < 900; i++) {
+      const pick = subset(request);
+      if (pick.peer === all[0]) toBusy++;
+      pick.done?.({}, 1);
+    }
+    expect(toBusy).toBeLessThan(10);
+  });
+});
+

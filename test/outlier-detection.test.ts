@@ -74,6 +74,22 @@ describe("OutlierDetection", () => {
     expect([1, 2, 3].map((n) => ofTwenty.record(peer(n), "unreachable", 0, 20))).toEqual([30_000, 30_000, undefined]);
   });
 
+  it("ends a run-out ejection before ejecting the peer again, so the limit is not used up", () => {
+    const detection = new OutlierDetection();
+    expect(detection.record(peer(1), "unreachable", 0, 20)).toBe(30_000);
+    // no pick ran expire() in between: the first ejection is over all the same
+    expect(detection.record(peer(1), "unreachable", 31_000, 20)).toBe(60_000);
+    detection.expire(1_000_000);
+    expect([1, 2, 3].map((n) => detection.record(peer(n), "unreachable", 1_000_000, 20) !== undefined)).toEqual([true, true, false]);
+  });
+
+  it("never ejects a peer that already left the registry (its last calls end after it)", () => {
+    const detection = new OutlierDetection();
+    detection.retain([peer(2), peer(3)]);
+    expect(detection.record(peer(1), "unreachable", 0, 2)).toBeUndefined();
+    expect(detection.record(peer(2), "unreachable", 1, 2)).toBe(30_000);
+  });
+
   it("frees the slot of a peer that left the registry", () => {
     const detection = new OutlierDetection();
     detection.record(peer(1), "unreachable", 0, 3);

@@ -1,4 +1,4 @@
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Balancer } from "./balancer.js";
 import { StatsByPeer, failureFadeMs, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerStats } from "./peer-stats.js";
 
@@ -22,6 +22,9 @@ const maxPenaltyMs = 10_000;
 
 export function p2c(options: P2cOptions = {}): Balancer {
   const decayMs = options.decayMs ?? 10_000;
+  if (!(decayMs > 0) || !Number.isFinite(decayMs)) {
+    throw new ConnectError(`p2c: decayMs must be a finite number of ms > 0, got ${decayMs}`, Code.InvalidArgument);
+  }
   const stats = new StatsByPeer();
   return {
     name: "p2c",

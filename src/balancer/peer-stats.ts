@@ -23,12 +23,19 @@ export interface PeerStats {
 export class StatsByPeer {
   private readonly byUrl = new Map<string, PeerStats>();
 
-  /** The stats of each peer, in order; peers that left are forgotten. */
+  /**
+   * The stats of each peer, in order. A picker may be built over a subset
+   * (the healthy peers while one is ejected): the others' stats are kept for
+   * when they come back, and only forgotten, once idle, when far more peers
+   * are known than built over, so that registry churn cannot grow the map.
+   */
   forPeers(peers: readonly Peer[]): PeerStats[] {
-    const live = new Set(peers.map((p) => p.url));
-    for (const url of this.byUrl.keys()) {
-      if (!live.has(url)) {
-        this.byUrl.delete(url);
+    if (this.byUrl.size > 2 * peers.length + 16) {
+      const live = new Set(peers.map((p) => p.url));
+      for (const [url, stats] of this.byUrl) {
+        if (!live.has(url) && stats.inflight === 0) {
+          this.byUrl.delete(url);
+        }
       }
     }
     return peers.map((peer) => {

@@ -62,6 +62,8 @@ interface PeerHealth {
 
 export class OutlierDetection {
   private readonly byUrl = new Map<string, PeerHealth>();
+  /** The peers of the current registry snapshot, once known. */
+  private live: ReadonlySet<string> | undefined;
   private ejected = 0;
   /** The earliest end of an ongoing ejection. */
   private nextExpiry = Infinity;
@@ -87,9 +89,11 @@ export class OutlierDetection {
    * the number of peers the ejection limit is a share of.
    */
   record(peer: Peer, outcome: PeerOutcome, now: number, peerCount: number): number | undefined {
-    if (outcome === "unknown") {
+    // a peer that left the registry (its last calls end after it) must not take an ejection slot
+    if (outcome === "unknown" || (this.live !== undefined && !this.live.has(peer.url))) {
       return undefined;
     }
+    this.expire(now); // an ejection that ran out must end before the peer can be ejected again
     const health = this.healthOf(peer.url, now);
     if (outcome === "alive") {
       health.consecutiveFailures = 0;
@@ -123,8 +127,8 @@ export class OutlierDetection {
     this.nextExpiry = Infinity;
     for (const health of this.byUrl.values()) {
       if (health.ejectedUntil > 0 && health.ejectedUntil <= now) {
+        health.multiplierAt = health.ejectedUntil; // healthy since then, however late this runs
         health.ejectedUntil = 0;
-        health.multiplierAt = now;
         this.ejected--;
         this.version++;
       } else if (health.ejectedUntil > 0) {
@@ -136,6 +140,7 @@ export class OutlierDetection {
   /** Forgets peers that left the registry. */
   retain(peers: readonly Peer[]): void {
     const live = new Set(peers.map((p) => p.url));
+    this.live = live;
     for (const [url, health] of this.byUrl) {
       if (!live.has(url)) {
         this.byUrl.delete(url);
