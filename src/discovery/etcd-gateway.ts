@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { withoutCredentials } from "../registry/endpoint.js";
+import { redactUrl } from "../redact.js";
 import type { WatchListener } from "./discovery.js";
 import { hedged, HedgeFailure } from "./hedge.js";
 
@@ -235,7 +235,7 @@ function normalizeEndpoint(endpoint: string): string {
   try {
     url = new URL(endpoint);
   } catch {
-    throw new ConnectError(`etcd endpoint "${withoutCredentials(endpoint)}" is not a URL like http://127.0.0.1:2379`, Code.InvalidArgument);
+    throw new ConnectError(`etcd endpoint "${redactUrl(endpoint)}" is not a URL like http://127.0.0.1:2379`, Code.InvalidArgument);
   }
   if (url.username !== "" || url.password !== "") {
     throw new ConnectError(
@@ -244,7 +244,7 @@ function normalizeEndpoint(endpoint: string): string {
     );
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new ConnectError(`etcd endpoint "${withoutCredentials(endpoint)}" must use http or https`, Code.InvalidArgument);
+    throw new ConnectError(`etcd endpoint "${redactUrl(endpoint)}" must use http or https`, Code.InvalidArgument);
   }
   return `${url.origin}${url.pathname}`.replace(/\/+$/, "");
 }

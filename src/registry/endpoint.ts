@@ -1,3 +1,5 @@
+import { redactUrl } from "../redact.js";
+
 /** Endpoint schemes a peer can be dialled with. */
 export type EndpointScheme = "grpc" | "grpcs" | "http" | "https";
 
@@ -22,7 +24,7 @@ export interface Endpoint {
  * Returns the reason as a string when the endpoint cannot be dialled.
  */
 export function parseEndpoint(endpoint: string): Endpoint | string {
-  const shown = withoutCredentials(endpoint); // messages end up in logs
+  const shown = redactUrl(endpoint); // messages end up in logs
   const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(endpoint);
   if (!match) {
     return `endpoint "${shown}" is not a URL like grpc://host:port`;
@@ -68,9 +70,4 @@ function splitHostPort(authority: string): { host: string; portText: string } | 
     return host.includes(":") ? "IPv6 hosts must be in brackets" : `bad host "${host}"`;
   }
   return { host, portText: colon < 0 ? "" : authority.slice(colon + 1) };
-}
-
-/** The URL as it may appear in a message: any "user:password@" replaced. */
-export function withoutCredentials(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1***@");
 }
