@@ -12,7 +12,8 @@ describe("parseEndpoint", () => {
     ["http://10.0.0.7:8000?isSecure=false", { scheme: "http", url: "http://10.0.0.7:8000" }],
     ["https://10.0.0.7", { scheme: "https", port: 443, address: "10.0.0.7:443" }],
     ["grpc://[::1]:9000", { host: "::1", port: 9000, address: "[::1]:9000", url: "http://[::1]:9000" }],
-    ["grpc://[fe80::1%eth0]:9000", { host: "fe80::1%eth0", address: "[fe80::1%eth0]:9000" }],
+    ["grpc://[FD00:0:0:0:0:0:0:7]:9000", { host: "fd00::7", address: "[fd00::7]:9000", url: "http://[fd00::7]:9000" }],
+    ["grpc://User-Service.NS.svc.cluster.local.:9000", { host: "user-service.ns.svc.cluster.local", address: "user-service.ns.svc.cluster.local:9000" }],
     ["GRPC://10.0.0.7:9000", { scheme: "grpc" }],
   ])("reads %s", (raw, expected) => {
     expect(parseEndpoint(raw)).toMatchObject(expected);
@@ -28,6 +29,8 @@ describe("parseEndpoint", () => {
     ["grpc://::1:9000", "IPv6 hosts must be in brackets"],
     ["grpc://user:pw@10.0.0.7:9000", "credentials are not allowed"],
     ["grpc://:9000", 'bad host ""'],
+    ["grpc://[fe80::1%eth0]:9000", "zone ids are not allowed"],
+    ["grpc://0x7f000001:9000", 'numeric host "0x7f000001"'],
   ])("refuses %s", (raw, reason) => {
     expect(parseEndpoint(raw)).toEqual(expect.stringContaining(reason));
   });
@@ -78,5 +81,69 @@ describe("decodeSnapshot", () => {
       ["[::1]:9001", "billing", {}, "http://[::1]:9001"],
     ]);
     expect(snapshot.skipped).toEqual([{ key: "billing/10.0.0.8:9000", reason: "Op is 1, not 0 (Add)" }]);
+  });
+});
+
+describe("custom decoder results", () => {
+  const good = { id: "good", endpoints: ["grpc://10.0.0.1:9000"] };
+  it.each([
+    ["null", null, "not an instance but null"],
+    ["{}", {}, "endpoints is not a list of strings"],
+    ["a number", 42, "not an instance but a number"],
+    ["a string", "grpc://10.0.0.1:9000", "not an instance but a string"],
+    ["an array", [good], "not an instance but an array"],
+    ["endpoints as a string", { endpoints: "grpc://10.0.0.1:9000" }, "endpoints is not a list of strings"],
+    ["endpoints with a number", { endpoints: [42] }, "endpoints is not a list of strings"],
+    ["101 endpoints", { endpoints: Array(101).fill("grpc://10.0.0.1:9000") }, "more than 100 endpoints"],
+    ["a numeric id", { id: 7, endpoints: ["grpc://10.0.0.1:9000"] }, "id is not a string"],
+    ["an object name", { name: {}, endpoints: ["grpc://10.0.0.1:9000"] }, "name is not a string"],
+    ["a numeric version", { version: 2, endpoints: ["grpc://10.0.0.1:9000"] }, "version is not a string"],
+    ["a numeric metadata value", { metadata: { weight: 5 }, endpoints: ["grpc://10.0.0.1:9000"] }, "metadata is not a map of strings"],
+    ["metadata as a string", { metadata: "zone=a", endpoints: ["grpc://10.0.0.1:9000"] }, "metadata is not a map of strings"],
+    ["a throwing getter", { get endpoints(): string[] { throw new Error("getter broke"); } }, "reading the instance failed: getter broke"],
+    ["a throwing Proxy", new Proxy({}, { get: () => { throw new Error("proxy broke"); } }), "reading the instance failed: proxy broke"],
+    ["a Proxy of endpoints that throws", { endpoints: new Proxy(["grpc://10.0.0.1:9000"], { get: () => { throw new Error("array broke"); } }) }, "reading the instance failed: array broke"],
+  ])("skips only the entry whose decoder returned %s", (_, result, reason) => {
+    const decoder = (key: string) => (key.endsWith("/bad") ? result : good) as never;
+    const snapshot = decodeSnapshot(resolveFormat(decoder), "svc", 1, [
+      { key: "/custom/svc/good", value: "" },
+      { key: "/custom/svc/bad", value: "" },
+    ]);
+    expect(snapshot.instances.map((i) => i.id)).toEqual(["good"]);
+    expect(snapshot.skipped).toEqual([{ key: "/custom/svc/bad", reason: expect.stringContaining(reason) }]);
+  });
+
+  it("reports a decoder that throws something unprintable", () => {
+    const unprintable = { toString: () => { throw new Error("no"); } };
+    const decoder = (key: string) => {
+      if (key.endsWith("/bad")) throw unprintable;
+      return good;
+    };
+    const snapshot = decodeSnapshot(resolveFormat(decoder), "svc", 1, [{ key: "/custom/svc/good", value: "" }, { key: "/custom/svc/bad", value: "" }]);
+    expect(snapshot.instances).toHaveLength(1);
+    expect(snapshot.skipped).toEqual([{ key: "/custom/svc/bad", reason: "decoder threw: (an error that cannot be shown)" }]);
+  });
+
+  it("copies metadata into a fresh frozen object, where __proto__ is only a key", () => {
+    const value = '{"id":"1","name":"svc","metadata":{"__proto__":{"polluted":"yes"},"zone":"a"},"endpoints":["grpc://10.0.0.1:9000"]}';
+    const skipped = decodeSnapshot(resolveFormat("kratos"), "svc", 1, [{ key: "/microservices/svc/1", value }]).skipped;
+    expect(skipped).toEqual([{ key: "/microservices/svc/1", reason: "metadata is not a map of strings" }]);
+
+    const metadata = JSON.parse('{"__proto__":"x","constructor":"y","weight":"7"}') as Record<string, string>;
+    const source = { id: "1", metadata, endpoints: ["grpc://10.0.0.1:9000"] };
+    const [instance] = decodeSnapshot(resolveFormat(() => source), "svc", 1, [{ key: "/custom/svc/1", value: "" }]).instances;
+    expect(instance!.metadata).not.toBe(metadata);
+    expect(Object.isFrozen(instance!.metadata)).toBe(true);
+    expect(Object.getPrototypeOf(instance!.metadata)).toBeNull();
+    expect({ ...instance!.metadata }).toEqual({ ["__proto__"]: "x", constructor: "y", weight: "7" });
+    expect(({} as Record<string, unknown>)["polluted"]).toBeUndefined();
+    metadata["zone"] = "changed later";
+    expect(instance!.metadata["zone"]).toBeUndefined();
+  });
+
+  it("gives instances without metadata an empty map with no inherited keys", () => {
+    const [instance] = decodeSnapshot(resolveFormat(() => good), "svc", 1, [{ key: "/custom/svc/1", value: "" }]).instances;
+    expect(instance!.metadata["toString"]).toBeUndefined();
+    expect(instance).toMatchObject({ id: "good", name: "svc", version: "" });
   });
 });

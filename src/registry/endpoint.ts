@@ -1,4 +1,5 @@
 import { redactUrl } from "../redact.js";
+import { canonicalHost } from "./host.js";
 
 /** Endpoint schemes a peer can be dialled with. */
 export type EndpointScheme = "grpc" | "grpcs" | "http" | "https";
@@ -9,7 +10,7 @@ const defaultPorts: Partial<Record<EndpointScheme, number>> = { http: 80, https:
 /** One registered endpoint of an instance, parsed and validated. */
 export interface Endpoint {
   readonly scheme: EndpointScheme;
-  /** Host without brackets. */
+  /** Canonical host without brackets: dotted-decimal IPv4, RFC 5952 IPv6, or a lowercase name. */
   readonly host: string;
   readonly port: number;
   /** "host:port", IPv6 hosts in brackets. */
@@ -20,8 +21,9 @@ export interface Endpoint {
 
 /**
  * Parses a registered endpoint such as "grpc://10.0.0.7:9000",
- * "https://[::1]:8443" or kratos' legacy "grpc://10.0.0.7:9000?isSecure=true".
- * Returns the reason as a string when the endpoint cannot be dialled.
+ * "https://[::1]:8443" or kratos' legacy "grpc://10.0.0.7:9000?isSecure=true",
+ * with its host canonicalised (see canonicalHost). Returns the reason as a
+ * string when the endpoint cannot be dialled.
  */
 export function parseEndpoint(endpoint: string): Endpoint | string {
   const shown = redactUrl(endpoint); // messages end up in logs
@@ -60,14 +62,16 @@ function splitHostPort(authority: string): { host: string; portText: string } | 
   if (authority.includes("@")) {
     return "credentials are not allowed in an endpoint";
   }
-  const bracketed = /^\[([0-9a-fA-F:.]+(?:%[\w.~-]+)?)\](?::(.*))?$/.exec(authority);
-  if (bracketed) {
-    return { host: bracketed[1]!, portText: bracketed[2] ?? "" };
-  }
+  const bracketed = /^\[([^\]]*)\](?::(.*))?$/.exec(authority);
   const colon = authority.lastIndexOf(":");
-  const host = colon < 0 ? authority : authority.slice(0, colon);
-  if (host === "" || host.includes(":") || !/^[\w.-]+$/.test(host)) {
-    return host.includes(":") ? "IPv6 hosts must be in brackets" : `bad host "${host}"`;
+  const raw = bracketed ? bracketed[1]! : colon < 0 ? authority : authority.slice(0, colon);
+  if (!bracketed && raw.includes(":")) {
+    return "IPv6 hosts must be in brackets";
   }
-  return { host, portText: colon < 0 ? "" : authority.slice(colon + 1) };
+  const host = canonicalHost(raw, bracketed !== null);
+  if (typeof host === "string") {
+    return host;
+  }
+  const portText = bracketed ? (bracketed[2] ?? "") : colon < 0 ? "" : authority.slice(colon + 1);
+  return { host: host.text, portText };
 }

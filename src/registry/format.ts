@@ -1,11 +1,14 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { redactUrl } from "../redact.js";
+import { defaultRefusal } from "./address-policy.js";
 import { parseEndpoint, type Endpoint } from "./endpoint.js";
-import type { Instance, InstanceInit } from "./instance.js";
+import { describeError, readInstanceInit, type Instance, type InstanceInit } from "./instance.js";
 
 /**
  * A custom registry decoder: turns one etcd entry into an instance, or
  * returns undefined for an entry that describes none (it is skipped
- * silently). A thrown error skips the entry and is reported with its key.
+ * silently). A thrown error or a result that is not an instance skips the
+ * entry and is reported with its key; the other entries are still used.
  */
 export type RegistryDecoder = (key: string, value: string) => InstanceInit | undefined;
 
@@ -100,9 +103,11 @@ export function resolveFormat(format: RegistryFormat = "kratos"): RegistryLayout
       defaultNamespace: kratos.defaultNamespace,
       decode(key, value) {
         try {
-          return format(key, value);
+          const init = format(key, value);
+          // a string from a layout is a reason; from a decoder it is a wrong result
+          return typeof init === "string" ? "not an instance but a string" : init;
         } catch (error) {
-          return `decoder threw: ${error instanceof Error ? error.message : String(error)}`;
+          return `decoder threw: ${describeError(error)}`;
         }
       },
     };
@@ -113,32 +118,58 @@ export function resolveFormat(format: RegistryFormat = "kratos"): RegistryLayout
   );
 }
 
+const noMetadata: Readonly<Record<string, string>> = Object.freeze(Object.create(null) as Record<string, string>);
+
+/** A validated instance, and the endpoints of it the address policy refused. */
+export interface CheckedInstance {
+  readonly instance: Instance;
+  readonly refused: readonly string[];
+}
+
 /**
- * Validates a decoded entry into an instance. Endpoints that cannot be
- * dialled are dropped; an instance with none left is unusable.
+ * Validates a decoded entry into an instance: every field is checked (a
+ * decoder may return anything), hosts are canonicalised, and endpoints that
+ * cannot be dialled or that the address policy refuses are dropped. Returns
+ * the reason as a string when no endpoint is left.
  */
-export function toInstance(key: string, init: InstanceInit, service: string): Instance | string {
+export function checkInstance(key: string, init: InstanceInit, service: string): CheckedInstance | string {
+  const checked = readInstanceInit(init);
+  if (typeof checked === "string") {
+    return checked;
+  }
   const endpoints: Endpoint[] = [];
   const problems: string[] = [];
-  for (const raw of init.endpoints) {
+  const refused: string[] = [];
+  for (const raw of checked.endpoints) {
     const endpoint = parseEndpoint(raw);
+    const refusal = typeof endpoint === "string" ? undefined : defaultRefusal(endpoint.host);
     if (typeof endpoint === "string") {
       problems.push(endpoint);
+    } else if (refusal !== undefined) {
+      refused.push(`endpoint "${redactUrl(raw)}" refused: ${refusal}`);
     } else {
       endpoints.push(endpoint);
     }
   }
   if (endpoints.length === 0) {
-    return problems.length > 0 ? `no usable endpoint: ${problems.join("; ")}` : "no endpoints";
+    const all = [...problems, ...refused];
+    return all.length > 0 ? `no usable endpoint: ${all.join("; ")}` : "no endpoints";
   }
-  return {
+  const instance: Instance = {
     key,
-    id: init.id ?? key.slice(key.lastIndexOf("/") + 1),
-    name: init.name ?? service,
-    version: init.version ?? "",
-    metadata: Object.freeze({ ...(init.metadata ?? {}) }),
+    id: checked.id ?? key.slice(key.lastIndexOf("/") + 1),
+    name: checked.name ?? service,
+    version: checked.version ?? "",
+    metadata: checked.metadata ?? noMetadata,
     endpoints,
   };
+  return { instance, refused };
+}
+
+/** checkInstance without the refusals, for instances the caller wrote (static lists) or stored. */
+export function toInstance(key: string, init: InstanceInit, service: string): Instance | string {
+  const checked = checkInstance(key, init, service);
+  return typeof checked === "string" ? checked : checked.instance;
 }
 
 const decoderIds = new WeakMap<RegistryDecoder, number>();

@@ -30,3 +30,74 @@ export interface SkippedEntry {
   readonly key: string;
   readonly reason: string;
 }
+
+/** An instance may list at most this many endpoints: a bound on the work a hostile value (or a Proxy) can cause. */
+const maxEndpoints = 100;
+
+/**
+ * Reads what a decoder returned into a fresh, plain InstanceInit, checking
+ * every field: decoders are user code and may return anything (null, a
+ * number, getters that throw, a Proxy). Returns the reason as a string when
+ * it is not an instance. Metadata is copied into a fresh object without a
+ * prototype, so a "__proto__" key is only a key.
+ */
+export function readInstanceInit(value: unknown): InstanceInit | string {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return `not an instance but ${value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`}`;
+  }
+  try {
+    const { id, name, version, metadata, endpoints } = value as Record<string, unknown>;
+    const problem = wrongType("id", id) ?? wrongType("name", name) ?? wrongType("version", version);
+    if (problem !== undefined) {
+      return problem;
+    }
+    const copied = copyEndpoints(endpoints);
+    const map = metadata === undefined || metadata === null ? null : copyStringMap(metadata);
+    if (typeof copied === "string" || typeof map === "string") {
+      return typeof copied === "string" ? copied : (map as string);
+    }
+    return { id: id as string | undefined, name: name as string | undefined, version: version as string | undefined, metadata: map, endpoints: copied };
+  } catch (error) {
+    return `reading the instance failed: ${describeError(error)}`;
+  }
+}
+
+function wrongType(field: string, value: unknown): string | undefined {
+  return value === undefined || typeof value === "string" ? undefined : `${field} is not a string`;
+}
+
+function copyEndpoints(value: unknown): string[] | string {
+  if (!Array.isArray(value)) {
+    return "endpoints is not a list of strings";
+  }
+  if (value.length > maxEndpoints) {
+    return `more than ${maxEndpoints} endpoints`;
+  }
+  const copy: unknown[] = Array.from({ length: value.length }, (_, i) => value[i]);
+  return copy.every((e): e is string => typeof e === "string") ? copy : "endpoints is not a list of strings";
+}
+
+/** A frozen, prototype-free copy of a map of strings, or the reason it is not one. */
+export function copyStringMap(value: unknown): Readonly<Record<string, string>> | string {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return "metadata is not a map of strings";
+  }
+  const copy: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const key of Object.keys(value)) {
+    const entry: unknown = (value as Record<string, unknown>)[key];
+    if (typeof entry !== "string") {
+      return "metadata is not a map of strings";
+    }
+    copy[key] = entry;
+  }
+  return Object.freeze(copy);
+}
+
+/** An error's message for a reason; never throws, whatever was thrown. */
+export function describeError(error: unknown): string {
+  try {
+    return String(error instanceof Error ? error.message : error);
+  } catch {
+    return "(an error that cannot be shown)";
+  }
+}

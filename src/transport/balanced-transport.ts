@@ -26,7 +26,7 @@ import { untilResponse, type RetryPolicy } from "./retry.js";
 import { RetryBudget } from "./retry-budget.js";
 import { parseServiceName } from "./service-name.js";
 import { collect, trackStream } from "./stream-pick.js";
-import { buildPeerSet, type PeerFilter, type PeerSet } from "./peer-set.js";
+import { buildPeerSet, createAllowGate, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 
 export interface BalancedTransportOptions {
@@ -45,6 +45,16 @@ export interface BalancedTransportOptions {
    * or `(peer) => peer.metadata.zone === "eu-1"`; applied once per registry change.
    */
   readonly filter?: PeerFilter;
+  /**
+   * Limits the addresses this transport dials, beyond the default policy
+   * (link-local, unspecified, multicast and cloud metadata addresses are never
+   * dialled): CIDRs ("10.0.0.0/8", "fd00::/8"), addresses ("127.0.0.1", "::1"),
+   * host names ("api.internal") and "*.svc.cluster.local" for any name below
+   * one. An instance none of whose endpoints matches is not called and is
+   * reported as an `entry_skipped` event. Names match as names: to be sure of
+   * the address dialled, register IPs and allow CIDRs. Default: no limit.
+   */
+  readonly allow?: readonly string[];
   /** "round_robin" (default), "random", "weighted_round_robin", "least_request", "p2c", "ring_hash", or a Balancer object. */
   readonly balancer?: BalancerName | Balancer;
   /** Registered endpoint schemes this transport can dial, in order of preference within an instance (default grpc, grpcs). */
@@ -126,6 +136,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const interceptors = options.interceptors ?? [];
   const listener = options.onEvent ?? logProblems;
   const onEvent: EventListener = (event) => notify(listener, event);
+  const allow = createAllowGate(options.allow, ({ key, reason }) => onEvent({ type: "entry_skipped", service, key, reason }));
   const { discovery } = options;
   const where = discovery.describe(service);
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
@@ -142,7 +153,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const snapshot = cache.peek(options.waitUntil) ?? (await cache.load(signal, timeoutMs));
     assertOpen();
     if (peerSet?.snapshot !== snapshot) {
-      peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where);
+      peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where, allow);
       pool.retain(peerSet.peers);
       detection?.retain(peerSet.peers);
     }

@@ -1,6 +1,8 @@
 import type { Snapshot } from "../discovery/discovery.js";
 import type { Balancer, Picker } from "../balancer/balancer.js";
-import type { EndpointScheme } from "../registry/endpoint.js";
+import { compileAllow, type AllowList } from "../registry/address-policy.js";
+import type { Endpoint, EndpointScheme } from "../registry/endpoint.js";
+import type { SkippedEntry } from "../registry/instance.js";
 import { createPeer, type Peer } from "../peer.js";
 
 /** The peers of one snapshot and the picker over them: built once per snapshot change. */
@@ -12,10 +14,42 @@ export type PeerSet =
 export type PeerFilter = (peer: Peer) => boolean;
 
 /**
+ * The allow option of one transport: which hosts it may dial. Refusals are
+ * reported once per key and reason while the key stays refused, not on every
+ * snapshot; keys that left are forgotten, so the memory is bounded.
+ */
+export interface AllowGate {
+  readonly list: AllowList;
+  report(refused: readonly SkippedEntry[]): void;
+}
+
+export function createAllowGate(entries: readonly string[] | undefined, onRefused: (entry: SkippedEntry) => void): AllowGate | undefined {
+  if (entries === undefined) {
+    return undefined;
+  }
+  const list = compileAllow(entries);
+  let reported = new Set<string>();
+  return {
+    list,
+    report(refused) {
+      const now = new Set<string>();
+      for (const entry of refused) {
+        const id = JSON.stringify([entry.key, entry.reason]);
+        if (!reported.has(id) && !now.has(id)) {
+          onRefused(entry);
+        }
+        now.add(id);
+      }
+      reported = now;
+    },
+  };
+}
+
+/**
  * Turns each instance into a peer through its first endpoint with an accepted
- * scheme (so one registry serves gRPC and Connect clients alike), keeps those
- * the filter accepts, then lets the balancer build its picker. `where` names
- * the registry for error messages.
+ * scheme (so one registry serves gRPC and Connect clients alike) that the
+ * allow option permits, keeps those the filter accepts, then lets the
+ * balancer build its picker. `where` names the registry for error messages.
  */
 export function buildPeerSet(
   snapshot: Snapshot,
@@ -23,28 +57,50 @@ export function buildPeerSet(
   filter: PeerFilter | undefined,
   balancer: Balancer,
   where: string,
+  allow?: AllowGate,
 ): PeerSet {
   const dialable: Peer[] = [];
+  const refused: SkippedEntry[] = [];
   const urls = new Set<string>();
   for (const instance of snapshot.instances) {
-    const endpoint = instance.endpoints.find((e) => schemes.includes(e.scheme));
+    const accepted = instance.endpoints.filter((e) => schemes.includes(e.scheme));
+    const endpoint = accepted.find((e) => allow === undefined || allow.list.permits(e.host));
+    if (endpoint === undefined && accepted.length > 0) {
+      refused.push({ key: instance.key, reason: allowRefusal(accepted) });
+    }
     if (endpoint !== undefined && !urls.has(endpoint.url)) {
       urls.add(endpoint.url);
       dialable.push(createPeer(instance, endpoint));
     }
   }
+  allow?.report(refused);
   const peers = filter === undefined ? dialable : dialable.filter(filter);
   if (peers.length > 0) {
     return { snapshot, peers, pick: balancer.build(peers) };
   }
-  return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, where) };
+  return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, refused, where) };
 }
 
-function explainNoPeers(snapshot: Snapshot, schemes: readonly EndpointScheme[], dialable: readonly Peer[], where: string): string {
+function allowRefusal(endpoints: readonly Endpoint[]): string {
+  const more = endpoints.length > 1 ? ` (and ${endpoints.length - 1} more endpoints)` : "";
+  return `the allow option refuses ${endpoints[0]!.address}${more}`;
+}
+
+function explainNoPeers(
+  snapshot: Snapshot,
+  schemes: readonly EndpointScheme[],
+  dialable: readonly Peer[],
+  refused: readonly SkippedEntry[],
+  where: string,
+): string {
   const service = `service "${snapshot.service}"`;
   if (dialable.length > 0) {
     const versions = [...new Set(dialable.map((p) => p.version || "(none)"))];
     return `${dialable.length} instances of ${service} in ${where}, but the filter option accepts none of them (versions: ${versions.join(", ")})`;
+  }
+  const first = refused[0];
+  if (first !== undefined) {
+    return `${refused.length} instances of ${service} in ${where}, but the allow option refuses their addresses, e.g. ${first.key}: ${first.reason}`;
   }
   if (snapshot.instances.length > 0) {
     const found = [...new Set(snapshot.instances.flatMap((i) => i.endpoints.map((e) => e.scheme)))];
