@@ -1,24 +1,36 @@
 // `npm run demo`: the library's main job on a throwaway local setup.
-// Starts etcd on free loopback ports and three UserService servers registered
-// exactly as go-kratos registers them, then calls the service through a
-// generated typed client and prints which instance served each call.
+// Starts etcd on free loopback ports and three UserService servers that
+// register themselves with registerInstance (the bytes go-kratos writes, under
+// a lease kept alive), then calls the service through a generated typed client
+// and prints which instance served each call.
 import { createClient, createContextValues } from "@connectrpc/connect";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 import { createBalancedTransport, etcdDiscovery, peerKey } from "../src/index.js";
-import { nodeHttp2Transport } from "../src/node/index.js";
-import { startCluster } from "../support/cluster.js";
+import { nodeHttp2Transport, registerInstance, type Registration } from "../src/node/index.js";
+import { startEtcd } from "../support/etcd.js";
+import { startUserServer, type UserServer } from "../support/user-server.js";
 
-const cluster = await startCluster({ service: "user-service", instances: 3 });
+const etcd = await startEtcd();
+const servers: UserServer[] = [];
+const registrations: Registration[] = [];
 const transport = createBalancedTransport({
   service: "discovery:///user-service",
-  discovery: etcdDiscovery({ endpoints: [cluster.etcd.endpoint] }),
+  discovery: etcdDiscovery({ endpoints: [etcd.endpoint] }),
   balancer: "round_robin",
   transport: nodeHttp2Transport(),
 });
 
 try {
-  console.log(`etcd ${cluster.etcd.endpoint} holds, as kratos writes them:`);
-  for (const registration of cluster.registrations) {
+  for (let i = 1; i <= 3; i++) {
+    const server = await startUserServer();
+    servers.push(server);
+    // etcd given as URLs: the registration makes its own etcd3 client and closes it at deregister()
+    registrations.push(
+      await registerInstance({ etcd: [etcd.endpoint], name: "user-service", id: `user-service-${i}`, version: "v1.0.0", endpoints: [`grpc://${server.address}`] }),
+    );
+  }
+  console.log(`etcd ${etcd.endpoint} holds, as kratos writes them:`);
+  for (const registration of registrations) {
     console.log(`  ${registration.key}`);
   }
   console.log();
@@ -39,5 +51,7 @@ try {
   }
 } finally {
   await transport.close();
-  await cluster.stop();
+  await Promise.all(registrations.map((registration) => registration.deregister()));
+  await Promise.all(servers.map((server) => server.stop()));
+  await etcd.stop();
 }
