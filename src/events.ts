@@ -4,7 +4,17 @@ import type { ConnectError } from "@connectrpc/connect";
 export type BalancerEvent =
   /** A new set of instances was read and is now served. */
   | { readonly type: "snapshot"; readonly service: string; readonly revision: number; readonly instances: number }
-  /** A registry entry was malformed and skipped; the other entries are still served. */
+  /**
+   * A registry entry was malformed and skipped; the other entries are still served.
+   * Reported once per entry (its key and reason) while it stays malformed: later
+   * reads that still skip it say nothing, and one fixed then broken again is
+   * reported again. The report goes to the transports sharing the service's
+   * process-wide cache at the read that first skipped it; a transport created
+   * later is not told of entries skipped before it (nor of the snapshot read
+   * before it), or a transport created per request would repeat the whole list.
+   * Once every transport of the service closed and its idle cache entry was
+   * dropped, a new transport starts over and reports the entry again.
+   */
   | { readonly type: "entry_skipped"; readonly service: string; readonly key: string; readonly reason: string }
   /** Reading the registry failed; `serving` says whether an older snapshot keeps serving calls. */
   | { readonly type: "discovery_failed"; readonly service: string; readonly error: ConnectError; readonly serving: boolean }
@@ -29,33 +39,74 @@ export type BalancerEvent =
 
 export type EventListener = (event: BalancerEvent) => void;
 
-/** Without an `onEvent` option, problems no caller sees go to the console; routine events go nowhere. */
+/**
+ * At most this many console lines per window, process-wide. Enough for the real
+ * problems of dozens of services at once (etcd down, a few ejected peers: a
+ * line or two each), while a registry with thousands of malformed entries or a
+ * flapping fleet cannot flood a log bill or block the process writing to the
+ * console. A minute is the span log views and alarms usually count over.
+ */
+const consoleLinesPerWindow = 100;
+const consoleWindowMs = 60_000;
+
+/**
+ * Passes at most `maxLines` lines per window to `write`; the first line over
+ * says that the rest are counted, and the first line of a later window is
+ * preceded by their count. Reads the clock on each line: no timer.
+ */
+export function limitLines(write: (line: string) => void, maxLines: number, windowMs: number): (line: string) => void {
+  let windowStart = Number.NEGATIVE_INFINITY;
+  let written = 0;
+  let suppressed = 0;
+  return (line) => {
+    const now = Date.now();
+    if (now - windowStart >= windowMs) {
+      if (suppressed > 0) {
+        write(`connect-etcd-balancer: ${suppressed} more warnings were suppressed (at most ${maxLines} per ${windowMs / 1000} s)`);
+      }
+      windowStart = now;
+      written = 0;
+      suppressed = 0;
+    }
+    if (written < maxLines) {
+      written++;
+      write(line);
+    } else if (suppressed++ === 0) {
+      write(`connect-etcd-balancer: more than ${maxLines} warnings within ${windowMs / 1000} s; the rest are counted, not shown, until the next window`);
+    }
+  };
+}
+
+// Looked up on each line, so that a replaced console.warn (a logger, a test spy) is used.
+const warn = limitLines((line) => console.warn(line), consoleLinesPerWindow, consoleWindowMs);
+
+/** Without an `onEvent` option, problems no caller sees go to the console (rate-limited); routine events go nowhere. */
 export const logProblems: EventListener = (event) => {
   switch (event.type) {
     case "entry_skipped":
-      console.warn(`connect-etcd-balancer: skipped registry entry ${event.key} of "${event.service}": ${event.reason}`);
+      warn(`connect-etcd-balancer: skipped registry entry ${event.key} of "${event.service}": ${event.reason}`);
       break;
     case "discovery_failed":
       // Without a snapshot the failing call carries the error itself.
       if (event.serving) {
-        console.warn(`connect-etcd-balancer: ${event.error.message} (still serving the last snapshot)`);
+        warn(`connect-etcd-balancer: ${event.error.message} (still serving the last snapshot)`);
       }
       break;
     case "peer_close_failed":
-      console.warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
+      warn(`connect-etcd-balancer: closing the transport of ${event.address} failed: ${String(event.error)}`);
       break;
     case "empty_registry_ignored":
-      console.warn(
+      warn(
         `connect-etcd-balancer: the registry lists no instance of "${event.service}" (revision ${event.revision}); still calling the last ${event.instances}`,
       );
       break;
     case "peer_ejected":
-      console.warn(
+      warn(
         `connect-etcd-balancer: ${event.address} of "${event.service}" ${event.reason === "unreachable" ? "is unreachable" : "failed too many calls in a row"} (${event.error.rawMessage}); no calls for ${event.forMs} ms`,
       );
       break;
     case "snapshot_store_failed":
-      console.warn(`connect-etcd-balancer: snapshot store ${event.operation} for "${event.service}" failed: ${event.reason}`);
+      warn(`connect-etcd-balancer: snapshot store ${event.operation} for "${event.service}" failed: ${event.reason}`);
       break;
     case "snapshot":
       break;

@@ -1,5 +1,6 @@
 import type { Snapshot } from "../discovery/discovery.js";
 import type { BalancerEvent } from "../events.js";
+import type { SkippedEntry } from "../registry/instance.js";
 
 /** Reads in a row below the known revision after which etcd is taken to have been rebuilt. */
 const etcdResetAfterReads = 3;
@@ -16,6 +17,12 @@ export interface CacheState {
   readonly servingOverEmpty: boolean;
   /** The snapshot came from the snapshot store, not from this process' reads: any registry read replaces it. */
   readonly restored: boolean;
+  /**
+   * The malformed entries of the last read taken, all reported already: a read
+   * reports only the entries not among them. Remembering no more than one read
+   * keeps this bounded, and reports an entry fixed then broken again.
+   */
+  readonly reportedSkips: readonly SkippedEntry[];
 }
 
 export const initialState: CacheState = {
@@ -24,6 +31,7 @@ export const initialState: CacheState = {
   lowerReads: 0,
   servingOverEmpty: false,
   restored: false,
+  reportedSkips: [],
 };
 
 export interface Verdict {
@@ -46,26 +54,34 @@ export function acceptRead(state: CacheState, next: Snapshot): Verdict {
     }
     etcdReset = true;
   }
-  const base = { ...state, restored: false, lowerReads: 0, revision: next.revision };
+  const base = { ...state, restored: false, lowerReads: 0, revision: next.revision, reportedSkips: next.skipped };
+  const skips = newlySkipped(state.reportedSkips, next);
   const servingOverEmpty = next.instances.length > 0 ? false : state.servingOverEmpty;
   if (served !== undefined && sameContent(served, next)) {
     // same instances: keep the object so balancers keep their state
-    return { state: { ...base, snapshot: served, servingOverEmpty }, etcdReset, events: [] };
+    return { state: { ...base, snapshot: served, servingOverEmpty }, etcdReset, events: skips };
   }
   if (next.instances.length === 0 && served !== undefined && served.instances.length > 0) {
     // kratos' zero-endpoint protection: an empty registry is more often a wiped
     // or misconfigured etcd than a fleet scaled to zero, so keep the last peers.
-    const events: BalancerEvent[] = servingOverEmpty
+    const ignored: BalancerEvent[] = servingOverEmpty
       ? []
       : [{ type: "empty_registry_ignored", service: next.service, revision: next.revision, instances: served.instances.length }];
-    return { state: { ...base, snapshot: served, servingOverEmpty: true }, etcdReset, events };
+    return { state: { ...base, snapshot: served, servingOverEmpty: true }, etcdReset, events: [...ignored, ...skips] };
   }
-  const events: BalancerEvent[] = [
-    { type: "snapshot", service: next.service, revision: next.revision, instances: next.instances.length },
-    ...next.skipped.map(({ key, reason }): BalancerEvent => ({ type: "entry_skipped", service: next.service, key, reason })),
-  ];
+  const events: BalancerEvent[] = [{ type: "snapshot", service: next.service, revision: next.revision, instances: next.instances.length }, ...skips];
   return { state: { ...base, snapshot: next, servingOverEmpty }, etcdReset, events };
 }
+
+/** The entries a read skipped that the previous read taken did not: a key whose reason changed counts as new. */
+function newlySkipped(reported: readonly SkippedEntry[], next: Snapshot): BalancerEvent[] {
+  const seen = new Set(reported.map(identity));
+  return next.skipped
+    .filter((entry) => !seen.has(identity(entry)))
+    .map(({ key, reason }) => ({ type: "entry_skipped", service: next.service, key, reason }));
+}
+
+const identity = ({ key, reason }: SkippedEntry) => JSON.stringify([key, reason]);
 
 /**
  * A snapshot from the store, taken only while nothing was read yet. Its

@@ -1,9 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { Discovery, Snapshot } from "../discovery/discovery.js";
-import { notify, type BalancerEvent, type EventListener } from "../events.js";
-import { acceptRead, acceptRestored, initialState, type CacheState } from "./acceptance.js";
-import { withinCall } from "./signals.js";
-import { watchLoop } from "./watch-loop.js";
+import type { EventListener } from "../events.js";
+import { SharedSnapshot, type Holder } from "./shared-snapshot.js";
 
 /** A transport's handle on the process-wide snapshot of one service. */
 export interface SnapshotCache {
@@ -17,250 +14,96 @@ export interface SnapshotCache {
   peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined;
   /** Waits for the first snapshot, within the call's signal and timeout. */
   load(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot>;
-  /** Stops this handle's events; the last release cancels an in-flight read. */
+  /** Stops this handle's events; the last release cancels an in-flight read and stops the watch. */
   release(): void;
 }
 
 /**
- * After a failed refresh, the stale snapshot serves for at most this long
- * before etcd is asked again; a read that found no instances, or a snapshot
- * restored from the store, is also only fresh this long.
+ * Most entries held by open transports that the process shares. Far more
+ * (discovery, service) pairs than any real fleet of services; past it, a
+ * discovery or decoder created per request and never closed would grow the
+ * heap without end. The least recently acquired entry leaves first: the
+ * transports holding it keep using it, only new transports no longer share it.
  */
-const retryAfterMs = 1_000;
+const maxHeldEntries = 1_000;
 
-/** One per (discovery key, service) in the whole process: warm serverless invocations reuse it. */
-const shared = new Map<string, SharedSnapshot>();
+/**
+ * Most released entries kept for the next transport of the same service, so a
+ * transport created and closed per request still reuses a snapshot within its
+ * TTL instead of reading etcd on every request. Dozens of services per process
+ * fit; an idle entry holds a snapshot (and its discovery) but no timer, socket,
+ * watch or read, so it never keeps the process alive.
+ */
+const maxIdleEntries = 64;
+
+/** Entries held by at least one transport, least recently acquired first. */
+const held = new Map<string, SharedSnapshot>();
+/** Entries no transport holds, least recently released first. */
+const idle = new Map<string, SharedSnapshot>();
+
+/**
+ * Releases the hold of a transport dropped without close() once it is
+ * garbage-collected; where a runtime never runs these callbacks, only its
+ * empty reference stays behind.
+ */
+const dropped = typeof FinalizationRegistry === "undefined" ? undefined : new FinalizationRegistry<() => void>((release) => release());
 
 export function acquireSnapshotCache(discovery: Discovery, service: string, listener: EventListener): SnapshotCache {
   const key = `${discovery.key}\n${service}`;
-  let entry = shared.get(key);
-  if (entry === undefined) {
-    entry = new SharedSnapshot(discovery, service);
-    shared.set(key, entry);
-  }
-  const cache = entry;
-  const holder = { listener };
-  cache.holders.add(holder);
-  cache.keepWatching();
-  let released = false;
-  return {
-    peek: (waitUntil) => cache.peek(waitUntil),
-    load(signal, timeoutMs) {
-      const snapshot = cache.peek();
-      return snapshot !== undefined ? Promise.resolve(snapshot) : cache.wait(signal, timeoutMs);
-    },
-    release() {
-      if (!released) {
-        released = true;
-        cache.release(holder);
-      }
-    },
+  const entry = take(key) ?? new SharedSnapshot(discovery, service);
+  held.set(key, entry);
+  dropOldest(held, maxHeldEntries);
+  const release = () => {
+    dropped?.unregister(ref);
+    if (entry.release(ref)) {
+      park(key, entry);
+    }
   };
+  // The handle is the holder: its transport keeps it, and the cache holds it weakly.
+  const handle: SnapshotCache & Holder = {
+    listener,
+    peek: (waitUntil) => entry.peek(waitUntil),
+    load(signal, timeoutMs) {
+      const snapshot = entry.peek();
+      return snapshot !== undefined ? Promise.resolve(snapshot) : entry.wait(signal, timeoutMs);
+    },
+    release,
+  };
+  const ref = entry.hold(handle);
+  dropped?.register(handle, release, ref);
+  return handle;
 }
 
-class SharedSnapshot {
-  /** One per acquired handle: two transports may share a listener function. */
-  readonly holders = new Set<{ readonly listener: EventListener }>();
-  private state: CacheState = initialState;
-  private freshUntil = 0;
-  private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
-  /** Calls waiting for the read in flight; when the last gives up on a cold read, the read is abandoned. */
-  private waiting = 0;
-  /** A change was seen while a read was in flight: read again once it ends. */
-  private readAgain = false;
-  /** The running watch, when the discovery can watch. */
-  private watching: AbortController | undefined;
+/** How many entries the process keeps, for tests: `held` by open transports and `idle`. */
+export function sharedCacheSize(): { held: number; idle: number } {
+  return { held: held.size, idle: idle.size };
+}
 
-  constructor(
-    private readonly discovery: Discovery,
-    private readonly service: string,
-  ) {}
+/** The entry of a key, taken out of either map. */
+function take(key: string): SharedSnapshot | undefined {
+  const entry = held.get(key) ?? idle.get(key);
+  held.delete(key);
+  idle.delete(key);
+  return entry;
+}
 
-  peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined {
-    const { snapshot } = this.state;
-    const stale = Date.now() >= this.freshUntil;
-    if (snapshot !== undefined && this.inflight === undefined && stale) {
-      const refresh = this.refresh().catch(() => {}); // reported as a discovery_failed event
-      waitUntil?.(refresh);
-    }
-    // Serving "no instances" from a stale read would fail a call that the
-    // refresh may well serve: servers that registered after the first read.
-    return snapshot !== undefined && snapshot.instances.length === 0 && stale ? undefined : snapshot;
+/** The last transport of an entry closed: keep it idle for the next one, unless the map dropped it meanwhile. */
+function park(key: string, entry: SharedSnapshot): void {
+  if (held.get(key) !== entry) {
+    return;
   }
-
-  /** The read in flight (or a new one), bounded by one call's signal and timeout. */
-  wait(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot> {
-    const read = this.refresh();
-    this.waiting++;
-    return withinCall(read, this.service, signal, timeoutMs).finally(() => {
-      // Every caller gave up on a cold read: nothing it finds will be served
-      // before another call comes, so let it hold no timer or socket meanwhile.
-      if (--this.waiting === 0 && this.state.snapshot === undefined && this.inflight?.promise === read) {
-        this.abandon(`read of "${this.service}" cancelled: every call waiting for it gave up`);
-      }
-    });
-  }
-
-  refresh(): Promise<Snapshot> {
-    if (this.inflight !== undefined) {
-      return this.inflight.promise;
-    }
-    const controller = new AbortController();
-    // A read abandoned by release() neither updates the cache nor reports, so
-    // it cannot disturb a read started for a transport created after it.
-    const promise = this.discovery
-      .load(this.service, controller.signal)
-      .then(
-        (next) => (controller.signal.aborted ? next : this.accept(next)),
-        (error: unknown) => {
-          if (controller.signal.aborted) {
-            throw ConnectError.from(error, Code.Canceled);
-          }
-          return this.restoreOrFail(error, controller.signal);
-        },
-      )
-      .finally(() => {
-        if (this.inflight?.promise !== promise) {
-          return;
-        }
-        this.inflight = undefined;
-        if (this.readAgain) {
-          this.readAgain = false;
-          this.refresh().catch(() => {}); // reported as a discovery_failed event
-        }
-      });
-    this.inflight = { promise, controller };
-    return promise;
-  }
-
-  release(holder: { readonly listener: EventListener }): void {
-    this.holders.delete(holder);
-    if (this.holders.size === 0) {
-      // Nobody waits for the read any more: don't let it or the watch hold the
-      // process open, and let a transport created later start a read of its own.
-      this.abandon(`read of "${this.service}" cancelled: every transport closed`);
-      this.watching?.abort();
-      this.watching = undefined;
-    }
-  }
-
-  private abandon(reason: string): void {
-    this.inflight?.controller.abort(new ConnectError(reason, Code.Canceled));
-    this.inflight = undefined;
-    this.readAgain = false;
-  }
-
-  /** Watches again from the current revision (after etcd's revisions started over). */
-  private restartWatch(): void {
-    this.watching?.abort();
-    this.watching = undefined;
-    queueMicrotask(() => this.keepWatching()); // once the state holds the new revision
-  }
-
-  /** Starts following changes once etcd has been read, if the discovery can watch. */
-  keepWatching(): void {
-    const { watch } = this.discovery;
-    const { snapshot, restored } = this.state;
-    if (watch === undefined || this.watching !== undefined || snapshot === undefined || restored || this.holders.size === 0) {
-      return;
-    }
-    const controller = new AbortController();
-    this.watching = controller;
-    void watchLoop(watch.bind(this.discovery), this.service, controller.signal, {
-      revision: () => this.state.revision,
-      changed: () => this.changed(),
-      failed: (error) => this.fail(error),
-    });
-  }
-
-  /** The registry changed: read it now, or right after the read in flight. */
-  private changed(): void {
-    if (this.holders.size === 0) {
-      return;
-    }
-    this.freshUntil = 0;
-    if (this.inflight !== undefined) {
-      this.readAgain = true;
-    } else {
-      this.refresh().catch(() => {}); // reported as a discovery_failed event
-    }
-  }
-
-  private accept(next: Snapshot): Snapshot {
-    const verdict = acceptRead(this.state, next);
-    this.state = verdict.state;
-    const served = verdict.state.snapshot!;
-    this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(this.discovery.ttlMs, retryAfterMs) : this.discovery.ttlMs);
-    if (verdict.etcdReset) {
-      this.restartWatch();
-    }
-    this.keepWatching();
-    verdict.events.forEach((event) => this.emit(event));
-    this.save(served);
-    return served;
-  }
-
-  /** Saves what a registry read made the cache serve; never waited for by a call. */
-  private save(served: Snapshot): void {
-    this.discovery.persistence?.save(served).catch((error: unknown) => {
-      this.emit({ type: "snapshot_store_failed", service: this.service, operation: "put", reason: describe(error) });
-    });
-  }
-
-  /**
-   * The registry could not be read. At a cold start a stored snapshot serves,
-   * if the discovery keeps one and it is usable; otherwise the read fails.
-   */
-  private async restoreOrFail(cause: unknown, signal: AbortSignal): Promise<Snapshot> {
-    const persistence = this.discovery.persistence;
-    if (persistence === undefined || this.state.snapshot !== undefined) {
-      throw this.fail(cause);
-    }
-    let restored: Awaited<ReturnType<typeof persistence.restore>>;
-    try {
-      restored = await persistence.restore(this.service);
-    } catch (error) {
-      if (!signal.aborted) {
-        this.emit({ type: "snapshot_store_failed", service: this.service, operation: "get", reason: describe(error) });
-      }
-    }
-    if (signal.aborted) {
-      throw ConnectError.from(signal.reason, Code.Canceled);
-    }
-    if (restored === undefined || restored.snapshot.instances.length === 0) {
-      throw this.fail(cause);
-    }
-    const verdict = acceptRestored(this.state, restored.snapshot);
-    this.state = verdict.state;
-    this.fail(cause); // reported with serving: true, and etcd is asked again within retryAfterMs
-    verdict.events.forEach((event) => this.emit(event));
-    return this.state.snapshot!;
-  }
-
-  private fail(cause: unknown): ConnectError {
-    const reason = ConnectError.from(cause, Code.Unavailable);
-    const error = new ConnectError(
-      `cannot read service "${this.service}" from ${this.discovery.describe(this.service)}: ${reason.rawMessage}`,
-      reason.code,
-      undefined,
-      undefined,
-      cause,
-    );
-    const serving = this.state.snapshot !== undefined;
-    if (serving) {
-      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterMs);
-    }
-    this.emit({ type: "discovery_failed", service: this.service, error, serving });
-    return error;
-  }
-
-  private emit(event: BalancerEvent): void {
-    for (const { listener } of this.holders) {
-      notify(listener, event);
-    }
+  held.delete(key);
+  if (entry.hasSnapshot) {
+    idle.set(key, entry);
+    dropOldest(idle, maxIdleEntries);
   }
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+function dropOldest(entries: Map<string, SharedSnapshot>, max: number): void {
+  for (const key of entries.keys()) {
+    if (entries.size <= max) {
+      return;
+    }
+    entries.delete(key);
+  }
 }

@@ -1,0 +1,266 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Discovery, Snapshot } from "../discovery/discovery.js";
+import { notify, type BalancerEvent, type EventListener } from "../events.js";
+import { acceptRead, acceptRestored, initialState, type CacheState } from "./acceptance.js";
+import { withinCall } from "./signals.js";
+import { watchLoop } from "./watch-loop.js";
+
+/**
+ * After a failed refresh, the stale snapshot serves for at most this long
+ * before etcd is asked again; a read that found no instances, or a snapshot
+ * restored from the store, is also only fresh this long.
+ */
+const retryAfterMs = 1_000;
+
+/** A transport holding the snapshot: told of its events until it releases it. */
+export interface Holder {
+  readonly listener: EventListener;
+}
+
+/** How the cache refers to a holder: weakly where the runtime can. */
+export interface HolderRef {
+  deref(): Holder | undefined;
+}
+
+/**
+ * A weak reference to a holder; a strong one where the runtime has no WeakRef
+ * (Cloudflare Workers without the enable_weak_ref compatibility flag), where a
+ * transport dropped unclosed then keeps its hold, as close() is not called.
+ */
+function refTo(holder: Holder): HolderRef {
+  return typeof WeakRef === "undefined" ? { deref: () => holder } : new WeakRef(holder);
+}
+
+/**
+ * The snapshot of one service read one way, shared by the transports holding
+ * it. Reads, watches and reports only while held; released by the last
+ * holder, it keeps its snapshot and holds no timer, socket or read.
+ */
+export class SharedSnapshot {
+  /**
+   * One per acquired handle (two transports may share a listener function),
+   * held weakly: a transport dropped without close() is not kept alive by
+   * the cache, and its collection releases its hold (see acquireSnapshotCache).
+   */
+  private readonly holders = new Set<HolderRef>();
+  private state: CacheState = initialState;
+  private freshUntil = 0;
+  private inflight: { promise: Promise<Snapshot>; controller: AbortController } | undefined;
+  /** Calls waiting for the read in flight; when the last gives up on a cold read, the read is abandoned. */
+  private waiting = 0;
+  /** A change was seen while a read was in flight: read again once it ends. */
+  private readAgain = false;
+  /** The running watch, when the discovery can watch. */
+  private watching: AbortController | undefined;
+
+  constructor(
+    private readonly discovery: Discovery,
+    private readonly service: string,
+  ) {}
+
+  peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined {
+    const { snapshot } = this.state;
+    const stale = Date.now() >= this.freshUntil;
+    if (snapshot !== undefined && this.inflight === undefined && stale) {
+      const refresh = this.refresh().catch(() => {}); // reported as a discovery_failed event
+      waitUntil?.(refresh);
+    }
+    // Serving "no instances" from a stale read would fail a call that the
+    // refresh may well serve: servers that registered after the first read.
+    return snapshot !== undefined && snapshot.instances.length === 0 && stale ? undefined : snapshot;
+  }
+
+  /** The read in flight (or a new one), bounded by one call's signal and timeout. */
+  wait(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot> {
+    const read = this.refresh();
+    this.waiting++;
+    return withinCall(read, this.service, signal, timeoutMs).finally(() => {
+      // Every caller gave up on a cold read: nothing it finds will be served
+      // before another call comes, so let it hold no timer or socket meanwhile.
+      if (--this.waiting === 0 && this.state.snapshot === undefined && this.inflight?.promise === read) {
+        this.abandon(`read of "${this.service}" cancelled: every call waiting for it gave up`);
+      }
+    });
+  }
+
+  refresh(): Promise<Snapshot> {
+    if (this.inflight !== undefined) {
+      return this.inflight.promise;
+    }
+    const controller = new AbortController();
+    // A read abandoned by release() neither updates the cache nor reports, so
+    // it cannot disturb a read started for a transport created after it.
+    const promise = this.discovery
+      .load(this.service, controller.signal)
+      .then(
+        (next) => (controller.signal.aborted ? next : this.accept(next)),
+        (error: unknown) => {
+          if (controller.signal.aborted) {
+            throw ConnectError.from(error, Code.Canceled);
+          }
+          return this.restoreOrFail(error, controller.signal);
+        },
+      )
+      .finally(() => {
+        if (this.inflight?.promise !== promise) {
+          return;
+        }
+        this.inflight = undefined;
+        if (this.readAgain) {
+          this.readAgain = false;
+          this.refresh().catch(() => {}); // reported as a discovery_failed event
+        }
+      });
+    this.inflight = { promise, controller };
+    return promise;
+  }
+
+  /** Whether a transport created later has anything to gain from this entry. */
+  get hasSnapshot(): boolean {
+    return this.state.snapshot !== undefined;
+  }
+
+  /** Adds a holder; pass what it returns to release(). */
+  hold(holder: Holder): HolderRef {
+    const ref = refTo(holder);
+    this.holders.add(ref);
+    this.keepWatching();
+    return ref;
+  }
+
+  /** Returns true when that was the last holder: the entry is idle now. Releasing twice does nothing. */
+  release(ref: HolderRef): boolean {
+    if (!this.holders.delete(ref) || this.holders.size > 0) {
+      return false;
+    }
+    // Nobody waits for the read any more: don't let it or the watch hold the
+    // process open, and let a transport created later start a read of its own.
+    this.abandon(`read of "${this.service}" cancelled: every transport closed`);
+    this.watching?.abort();
+    this.watching = undefined;
+    return true;
+  }
+
+  private abandon(reason: string): void {
+    this.inflight?.controller.abort(new ConnectError(reason, Code.Canceled));
+    this.inflight = undefined;
+    this.readAgain = false;
+  }
+
+  /** Watches again from the current revision (after etcd's revisions started over). */
+  private restartWatch(): void {
+    this.watching?.abort();
+    this.watching = undefined;
+    queueMicrotask(() => this.keepWatching()); // once the state holds the new revision
+  }
+
+  /** Starts following changes once etcd has been read, if the discovery can watch. */
+  private keepWatching(): void {
+    const { watch } = this.discovery;
+    const { snapshot, restored } = this.state;
+    if (watch === undefined || this.watching !== undefined || snapshot === undefined || restored || this.holders.size === 0) {
+      return;
+    }
+    const controller = new AbortController();
+    this.watching = controller;
+    void watchLoop(watch.bind(this.discovery), this.service, controller.signal, {
+      revision: () => this.state.revision,
+      changed: () => this.changed(),
+      failed: (error) => this.fail(error),
+    });
+  }
+
+  /** The registry changed: read it now, or right after the read in flight. */
+  private changed(): void {
+    if (this.holders.size === 0) {
+      return;
+    }
+    this.freshUntil = 0;
+    if (this.inflight !== undefined) {
+      this.readAgain = true;
+    } else {
+      this.refresh().catch(() => {}); // reported as a discovery_failed event
+    }
+  }
+
+  private accept(next: Snapshot): Snapshot {
+    const verdict = acceptRead(this.state, next);
+    this.state = verdict.state;
+    const served = verdict.state.snapshot!;
+    this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(this.discovery.ttlMs, retryAfterMs) : this.discovery.ttlMs);
+    if (verdict.etcdReset) {
+      this.restartWatch();
+    }
+    this.keepWatching();
+    verdict.events.forEach((event) => this.emit(event));
+    this.save(served);
+    return served;
+  }
+
+  /** Saves what a registry read made the cache serve; never waited for by a call. */
+  private save(served: Snapshot): void {
+    this.discovery.persistence?.save(served).catch((error: unknown) => {
+      this.emit({ type: "snapshot_store_failed", service: this.service, operation: "put", reason: describe(error) });
+    });
+  }
+
+  /**
+   * The registry could not be read. At a cold start a stored snapshot serves,
+   * if the discovery keeps one and it is usable; otherwise the read fails.
+   */
+  private async restoreOrFail(cause: unknown, signal: AbortSignal): Promise<Snapshot> {
+    const persistence = this.discovery.persistence;
+    if (persistence === undefined || this.state.snapshot !== undefined) {
+      throw this.fail(cause);
+    }
+    let restored: Awaited<ReturnType<typeof persistence.restore>>;
+    try {
+      restored = await persistence.restore(this.service);
+    } catch (error) {
+      if (!signal.aborted) {
+        this.emit({ type: "snapshot_store_failed", service: this.service, operation: "get", reason: describe(error) });
+      }
+    }
+    if (signal.aborted) {
+      throw ConnectError.from(signal.reason, Code.Canceled);
+    }
+    if (restored === undefined || restored.snapshot.instances.length === 0) {
+      throw this.fail(cause);
+    }
+    const verdict = acceptRestored(this.state, restored.snapshot);
+    this.state = verdict.state;
+    this.fail(cause); // reported with serving: true, and etcd is asked again within retryAfterMs
+    verdict.events.forEach((event) => this.emit(event));
+    return this.state.snapshot!;
+  }
+
+  private fail(cause: unknown): ConnectError {
+    const reason = ConnectError.from(cause, Code.Unavailable);
+    const error = new ConnectError(
+      `cannot read service "${this.service}" from ${this.discovery.describe(this.service)}: ${reason.rawMessage}`,
+      reason.code,
+      undefined,
+      undefined,
+      cause,
+    );
+    const serving = this.state.snapshot !== undefined;
+    if (serving) {
+      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterMs);
+    }
+    this.emit({ type: "discovery_failed", service: this.service, error, serving });
+    return error;
+  }
+
+  private emit(event: BalancerEvent): void {
+    for (const ref of this.holders) {
+      const holder = ref.deref();
+      if (holder !== undefined) {
+        notify(holder.listener, event);
+      }
+    }
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
