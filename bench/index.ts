@@ -14,6 +14,7 @@ import { buildPeerSet } from "../src/transport/peer-set.js";
 import { bundleUniversalEntry } from "../support/bundle.js";
 import { startUserServer } from "../support/user-server.js";
 import { balancedNodeHttp2, bareNodeHttp2, compareClients, connectNodeGrpc, grpcJsRoundRobin, printComparison, startEchoServersProcess, type GrpcComparison } from "./grpc-clients.js";
+import { pickScaleCandidates, printPickScale } from "./pick-scale.js";
 import { measureStartup, printStartup } from "./startup.js";
 import { barChartSvg } from "./svg.js";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -208,6 +209,7 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     }
   }
   report("pick + done, per call", await compare(candidates, 1_000_000));
+  printPickScale(await compare(pickScaleCandidates(request), 200_000));
 
   // 5. Work per registry change, not per call: decode + build peers + picker.
   const entries = Array.from({ length: 1000 }, (_, i) => ({

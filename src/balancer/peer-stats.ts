@@ -1,5 +1,6 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import type { Peer } from "../peer.js";
+import type { LatencyAverage } from "./latency-average.js";
 
 /**
  * What a learning policy knows about one peer. Kept by peer URL across
@@ -18,6 +19,8 @@ export interface PeerStats {
   /** Recent server-side failures, fading with a 1 s time constant from `failedAt`. */
   failures: number;
   failedAt: number;
+  /** The running latency average this peer's latency is counted in (p2c: that of the picker built or used last over it). */
+  average: LatencyAverage | undefined;
 }
 
 export class StatsByPeer {
@@ -41,7 +44,7 @@ export class StatsByPeer {
     return peers.map((peer) => {
       let stats = this.byUrl.get(peer.url);
       if (stats === undefined) {
-        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0, failures: 0, failedAt: 0 };
+        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0, failures: 0, failedAt: 0, average: undefined };
         this.byUrl.set(peer.url, stats);
       }
       return stats;

@@ -7,6 +7,7 @@ import { deliveryOf } from "./delivery.js";
 import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
 import { outcomeOf, type OutlierDetection } from "./outlier-detection.js";
 import type { PeerTransport, PeerTransports } from "./peer-transports.js";
+import { countEnd } from "./transport-stats.js";
 
 /** One attempt of a call on one peer: from the pick to the end of the response. */
 export interface Attempt {
@@ -54,8 +55,8 @@ export function beginAttempt(scope: AttemptScope, pick: Pick, method: DescMethod
 }
 
 /**
- * Ends an attempt, once: frees the peer's transport, tells the policy and
- * outlier detection, and returns the failure naming the peer.
+ * Ends an attempt, once: frees the peer's transport, tells the policy,
+ * the peer's counters and outlier detection, and returns the failure naming the peer.
  */
 export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unknown): AttemptFailure | undefined {
   const { pick, entry, started, method } = attempt;
@@ -64,6 +65,7 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   scope.pool.release(entry);
   if (error === undefined) {
     pick.done?.(succeeded, latencyMs);
+    countEnd(entry, "alive", latencyMs);
     scope.detection?.record(pick.peer, "alive", now, scope.peerCount());
     return undefined;
   }
@@ -72,6 +74,7 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   pick.done?.({ error: failure }, latencyMs);
   const kind = classifyFailure(failure, method);
   const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled");
+  countEnd(entry, outcome);
   const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
   if (forMs !== undefined) {
     const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";

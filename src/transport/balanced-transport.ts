@@ -28,6 +28,7 @@ import { parseServiceName } from "./service-name.js";
 import { collect, trackStream } from "./stream-pick.js";
 import { buildPeerSet, createAllowGate, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
+import { statsOf, type PeerStats } from "./transport-stats.js";
 
 export interface BalancedTransportOptions {
   /** The registered service name, e.g. "user-service" or kratos-style "discovery:///user-service". */
@@ -118,6 +119,13 @@ export interface BalancedTransport extends Transport {
   ): Promise<PeerStreamResponse<I, O>>;
   /** The peers calls are spread over now; reads the registry first if it was not read yet, and rejects like a call when there are none. */
   peers(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<readonly Peer[]>;
+  /**
+   * What the transport counted per peer, for health endpoints and dashboards:
+   * a fresh array of frozen plain objects, one per peer in the order of
+   * `peers()`, as of the last call or `peers()` (empty before the registry
+   * was first read). Synchronous and cheap; see PeerStats for each field.
+   */
+  stats(): PeerStats[];
   /** Releases the per-peer transports and the registry cache handle; the process can exit after it. */
   close(): Promise<void>;
 }
@@ -240,6 +248,10 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
 
     async peers(options) {
       return (await usablePeers(options?.signal, options?.timeoutMs)).peers;
+    },
+
+    stats() {
+      return statsOf(peerSet?.peers ?? [], (peer) => pool.find(peer), detection, performance.now());
     },
 
     async close() {

@@ -2,11 +2,13 @@ import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import type { Peer } from "../peer.js";
 import { markDelivery } from "./delivery.js";
 import type { EndStream, OpenStreams } from "./stream-pick.js";
+import type { AttemptCounters } from "./transport-stats.js";
 
 /** Builds the transport for one peer; called once per peer, and the result is reused. */
 export type PeerTransportFactory = (peer: Peer) => Transport;
 
-export interface PeerTransport {
+/** A peer's transport and what was counted of its attempts. */
+export interface PeerTransport extends AttemptCounters {
   readonly transport: Transport;
   readonly address: string;
   /** Calls in flight, stream responses included. */
@@ -35,11 +37,17 @@ export class PeerTransports {
   acquire(peer: Peer): PeerTransport {
     let entry = this.entries.get(peer.url);
     if (entry === undefined) {
-      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false };
+      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false, calls: 0, failures: 0, latencyMs: null };
       this.entries.set(peer.url, entry);
     }
     entry.inflight++;
+    entry.calls++;
     return entry;
+  }
+
+  /** The peer's transport if a call took it since the peer (last) joined; never creates one. */
+  find(peer: Peer): PeerTransport | undefined {
+    return this.entries.get(peer.url);
   }
 
   release(entry: PeerTransport): void {
