@@ -9,7 +9,7 @@ import { createPeer } from "../src/peer.js";
 import { parseEndpoint, type Endpoint } from "../src/registry/endpoint.js";
 import { p2cOver } from "../src/balancer/p2c.js";
 import { LatencyAverage } from "../src/balancer/latency-average.js";
-import { StatsByPeer, type PeerStats } from "../src/balancer/peer-stats.js";
+import { StatsByPeer, type PeerLoad } from "../src/balancer/peer-stats.js";
 
 function peer(n: number): Peer {
   return createPeer(
@@ -21,9 +21,9 @@ const request: PickRequest = { method: UserService.method.getUser, header: new H
 
 /** A stats store whose pickers read each peer's stats through a proxy that notes which peers were read. */
 class ReadCountingStats extends StatsByPeer {
-  readonly read = new Set<PeerStats>();
+  readonly read = new Set<PeerLoad>();
 
-  override forPeers(peers: readonly Peer[]): PeerStats[] {
+  override forPeers(peers: readonly Peer[]): PeerLoad[] {
     const read = this.read;
     return super.forPeers(peers).map(
       (stats) =>

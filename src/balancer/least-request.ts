@@ -1,5 +1,5 @@
 import type { Balancer } from "./balancer.js";
-import { StatsByPeer, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerStats } from "./peer-stats.js";
+import { StatsByPeer, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerLoad } from "./peer-stats.js";
 
 /**
  * Envoy's least request: of two peers chosen at random, the one with fewer
@@ -35,6 +35,6 @@ export function leastRequest(): Balancer {
   };
 }
 
-function load(stats: PeerStats, now: number): number {
+function load(stats: PeerLoad, now: number): number {
   return stats.inflight + recentFailures(stats, now);
 }

@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Balancer } from "./balancer.js";
 import { LatencyAverage } from "./latency-average.js";
-import { StatsByPeer, failureFadeMs, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerStats } from "./peer-stats.js";
+import { StatsByPeer, failureFadeMs, isPeerFailure, recentFailures, recordFailure, twoChoices, type PeerLoad } from "./peer-stats.js";
 
 export interface P2cOptions {
   /** Time constant of the latency average in ms: how fast it forgets a slow sample (default 10,000, as Finagle and Linkerd). */
@@ -84,7 +84,7 @@ export function p2cOver(stats: StatsByPeer, decayMs: number): Balancer {
 }
 
 /** A fresh average over these peers' latencies, which their new samples go to from now on. */
-function countLatencies(peerStats: readonly PeerStats[], decayMs: number): LatencyAverage {
+function countLatencies(peerStats: readonly PeerLoad[], decayMs: number): LatencyAverage {
   const average = new LatencyAverage(decayMs, performance.now());
   for (const stats of peerStats) {
     average.add(stats);
@@ -94,7 +94,7 @@ function countLatencies(peerStats: readonly PeerStats[], decayMs: number): Laten
 }
 
 /** Latency × (calls in flight + 1); a peer never measured is assumed to be as fast as the average: neither starved nor flooded. */
-function cost(stats: PeerStats, average: LatencyAverage, now: number, decayMs: number): number {
+function cost(stats: PeerLoad, average: LatencyAverage, now: number, decayMs: number): number {
   const estimate = latency(stats, now, decayMs) ?? average.mean(now);
   // Unary calls still waiting on the peer show it is at least this slow, before any of them answers.
   const waiting = stats.aged === 0 ? 0 : now - stats.startedSum / stats.aged;
@@ -107,11 +107,11 @@ function cost(stats: PeerStats, average: LatencyAverage, now: number, decayMs: n
  * sample, so a peer avoided for being slow is tried again later rather than
  * never (as tower's and Linkerd's peak EWMA do).
  */
-function latency(stats: PeerStats, now: number, decayMs: number): number | undefined {
+function latency(stats: PeerLoad, now: number, decayMs: number): number | undefined {
   return stats.latencyMs === undefined ? undefined : stats.latencyMs * Math.exp(-(now - stats.sampledAt) / decayMs);
 }
 
-function record(stats: PeerStats, sampleMs: number, decayMs: number): void {
+function record(stats: PeerLoad, sampleMs: number, decayMs: number): void {
   if (!Number.isFinite(sampleMs) || sampleMs < 0) {
     return;
   }

@@ -6,7 +6,7 @@ import type { LatencyAverage } from "./latency-average.js";
  * What a learning policy knows about one peer. Kept by peer URL across
  * registry changes, so an unrelated registry update resets nothing.
  */
-export interface PeerStats {
+export interface PeerLoad {
   /** Calls picked for the peer that have not ended. */
   inflight: number;
   /** Unary calls among them, and the sum of the performance.now() at which they started: their mean age is a lower bound of the latency. */
@@ -24,7 +24,7 @@ export interface PeerStats {
 }
 
 export class StatsByPeer {
-  private readonly byUrl = new Map<string, PeerStats>();
+  private readonly byUrl = new Map<string, PeerLoad>();
 
   /**
    * The stats of each peer, in order. A picker may be built over a subset
@@ -32,7 +32,7 @@ export class StatsByPeer {
    * when they come back, and only forgotten, once idle, when far more peers
    * are known than built over, so that registry churn cannot grow the map.
    */
-  forPeers(peers: readonly Peer[]): PeerStats[] {
+  forPeers(peers: readonly Peer[]): PeerLoad[] {
     if (this.byUrl.size > 2 * peers.length + 16) {
       const live = new Set(peers.map((p) => p.url));
       for (const [url, stats] of this.byUrl) {
@@ -73,7 +73,7 @@ export function isPeerFailure(error: ConnectError | undefined): boolean {
 export const failureFadeMs = 1_000;
 
 /** The recent failures of a peer as of now, each fading with time constant `fadeMs`: one counts as one more call in flight. */
-export function recentFailures(stats: PeerStats, now: number, fadeMs = failureFadeMs): number {
+export function recentFailures(stats: PeerLoad, now: number, fadeMs = failureFadeMs): number {
   if (stats.failures === 0) {
     return 0;
   }
@@ -85,7 +85,7 @@ export function recentFailures(stats: PeerStats, now: number, fadeMs = failureFa
   return left;
 }
 
-export function recordFailure(stats: PeerStats, now: number, fadeMs = failureFadeMs): void {
+export function recordFailure(stats: PeerLoad, now: number, fadeMs = failureFadeMs): void {
   stats.failures = recentFailures(stats, now, fadeMs) + 1;
   stats.failedAt = now;
 }
