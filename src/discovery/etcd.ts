@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
 import { decodeSnapshot } from "./decode.js";
 import type { Discovery, WatchListener } from "./discovery.js";
+import { credentialsId } from "./credentials-id.js";
 import { createEtcdGateway, type EtcdAuth } from "./etcd-gateway.js";
 import { defaultSnapshotMaxAgeMs, snapshotPersistence, type SnapshotStore } from "./snapshot-store.js";
 
@@ -40,11 +41,27 @@ export interface EtcdDiscoveryOptions {
   readonly snapshotStore?: SnapshotStore;
   /** A stored snapshot older than this is ignored, in ms (default 86,400,000: 24 h). */
   readonly snapshotMaxAgeMs?: number;
+  /**
+   * Largest answer to a registry read, in bytes (default 33,554,432: 32 MiB).
+   * 10,000 instances with 1 KB values take about 16 MB (base64 and etcd's
+   * per-key fields included). A bigger answer fails the read with
+   * ResourceExhausted, and the last good snapshot keeps serving.
+   */
+  readonly maxResponseBytes?: number;
+  /**
+   * Longest line of the watch stream, in bytes (default 8,388,608: 8 MiB).
+   * etcd is asked to split big batches of changes into lines of about its
+   * --max-request-bytes (1.5 MiB by default). A longer line breaks the watch
+   * with ResourceExhausted; it is opened again after a backoff.
+   */
+  readonly maxWatchLineBytes?: number;
 }
 
 const defaultTtlMs = 10_000;
 const defaultRequestTimeoutMs = 5_000;
 const defaultHedgeAfterMs = 300;
+const defaultMaxResponseBytes = 32 * 1024 * 1024;
+const defaultMaxWatchLineBytes = 8 * 1024 * 1024;
 
 /**
  * Discovers instances through etcd's v3 JSON gateway (on by default on the
@@ -58,7 +75,17 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
   const requestTimeoutMs = checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs);
   const hedgeAfterMs = checkDuration("hedgeAfterMs", options.hedgeAfterMs ?? defaultHedgeAfterMs);
   const maxAgeMs = checkDuration("snapshotMaxAgeMs", options.snapshotMaxAgeMs ?? defaultSnapshotMaxAgeMs);
-  const gateway = createEtcdGateway({ endpoints: options.endpoints, auth: options.auth, fetch: options.fetch, requestTimeoutMs, hedgeAfterMs });
+  const maxResponseBytes = checkBytes("maxResponseBytes", options.maxResponseBytes ?? defaultMaxResponseBytes);
+  const maxWatchLineBytes = checkBytes("maxWatchLineBytes", options.maxWatchLineBytes ?? defaultMaxWatchLineBytes);
+  const gateway = createEtcdGateway({
+    endpoints: options.endpoints,
+    auth: options.auth,
+    fetch: options.fetch,
+    requestTimeoutMs,
+    hedgeAfterMs,
+    maxResponseBytes,
+    maxWatchLineBytes,
+  });
   const where = `etcd ${gateway.endpoints.join(", ")} (namespace "${namespace}", ${layout.name} format)`;
   const watch = options.watch ?? false;
   return {
@@ -75,6 +102,8 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
       watch,
       storeId(options.snapshotStore),
       maxAgeMs,
+      maxResponseBytes,
+      maxWatchLineBytes,
     ]),
     ttlMs,
     describe: () => where,
@@ -95,26 +124,6 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
         gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, listener),
     }),
   };
-}
-
-const credentials = new Map<string, string>();
-
-/**
- * Names a user and password without revealing the password, so only
- * discoveries with the same credentials share a snapshot: a wrong password
- * must fail even while a right one has filled the cache.
- */
-function credentialsId(auth: EtcdAuth | undefined): string {
-  if (auth === undefined) {
-    return "";
-  }
-  const secret = `${auth.username}\u0000${auth.password}`;
-  let id = credentials.get(secret);
-  if (id === undefined) {
-    id = `${auth.username}#${credentials.size + 1}`;
-    credentials.set(secret, id);
-  }
-  return id;
 }
 
 const storeIds = new WeakMap<SnapshotStore, number>();
@@ -154,4 +163,11 @@ function checkDuration(name: string, ms: number): number {
     throw new ConnectError(`etcdDiscovery option ${name} must be a finite number of ms ≥ 0, got ${ms}`, Code.InvalidArgument);
   }
   return ms;
+}
+
+function checkBytes(name: string, bytes: number): number {
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new ConnectError(`etcdDiscovery option ${name} must be a whole number of bytes > 0, got ${bytes}`, Code.InvalidArgument);
+  }
+  return bytes;
 }

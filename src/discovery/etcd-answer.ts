@@ -1,0 +1,127 @@
+/**
+ * What etcd's JSON gateway answers, checked before it is used: the answer
+ * may come from something that is not etcd. A malformed answer fails the
+ * whole read (MalformedAnswer) rather than skipping parts of it: etcd never
+ * sends one, so nothing in it can be trusted, and the cache keeps serving
+ * the last good snapshot meanwhile — better than a partial registry.
+ */
+
+export interface RangeAnswer {
+  readonly revision: number;
+  readonly kvs: readonly { readonly key: string; readonly value: string }[];
+}
+
+/** A watch response line, reduced to what the watch acts on. */
+export interface WatchLine {
+  readonly created: boolean;
+  readonly changed: boolean;
+  /** Why etcd ended the watch; undefined while it goes on. */
+  readonly ended: string | undefined;
+}
+
+/** The answer is not what etcd sends; the message says what is wrong, never quoting the answer. */
+export class MalformedAnswer extends Error {}
+
+/** Parses JSON without letting a SyntaxError (which quotes the text) escape. */
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new MalformedAnswer("is not JSON");
+  }
+}
+
+export function rangeAnswer(answer: unknown): RangeAnswer {
+  const { header, kvs } = object(answer, "is not a JSON object");
+  const revision = checkedRevision(object(header, "has no header object").revision, "header.revision");
+  if (kvs !== undefined && !Array.isArray(kvs)) {
+    throw new MalformedAnswer("has kvs that is not a list");
+  }
+  return { revision, kvs: (kvs ?? []).map(keyValue) };
+}
+
+/** One line of a watch stream; `ended` is etcd's own text, to be shown only once sanitised. */
+export function watchLine(line: unknown): WatchLine {
+  const { result, error } = object(line, "is not a JSON object");
+  if (error !== undefined) {
+    // grpc-gateway v2 (etcd 3.6) ends a stream with {"error":{"code","message"}}
+    const message = typeof error === "string" ? error : (error as { message?: unknown } | null)?.message;
+    return { created: false, changed: false, ended: typeof message === "string" && message !== "" ? message : "error" };
+  }
+  const { created, events, canceled, cancel_reason, compact_revision } = object(result, "has no result object");
+  if (events !== undefined && !Array.isArray(events)) {
+    throw new MalformedAnswer("has events that is not a list");
+  }
+  if (canceled !== true) {
+    return { created: created === true, changed: (events?.length ?? 0) > 0, ended: undefined };
+  }
+  if (typeof cancel_reason === "string" && cancel_reason !== "") {
+    return { created: false, changed: false, ended: cancel_reason };
+  }
+  const compacted = compact_revision === undefined ? 0 : checkedRevision(compact_revision, "compact_revision");
+  return { created: false, changed: false, ended: compacted > 0 ? `compacted up to revision ${compacted}` : "canceled" };
+}
+
+/** A revision as etcd sends int64s: a decimal string (or a number) of a non-negative safe integer. */
+function checkedRevision(value: unknown, field: string): number {
+  const revision = typeof value === "string" && /^\d{1,16}$/.test(value) ? Number(value) : value;
+  if (typeof revision !== "number" || !Number.isSafeInteger(revision) || revision < 0) {
+    throw new MalformedAnswer(`has a ${field} that is not a non-negative integer`);
+  }
+  return revision;
+}
+
+function keyValue(entry: unknown, index: number): { key: string; value: string } {
+  const { key, value } = object(entry, `has kvs[${index}] that is not an object`);
+  if (typeof key !== "string" || (value !== undefined && typeof value !== "string")) {
+    throw new MalformedAnswer(`has kvs[${index}] without a text key and value`);
+  }
+  // etcd leaves out an empty value
+  return { key: fromBase64(key, `kvs[${index}].key`), value: fromBase64(value ?? "", `kvs[${index}].value`) };
+}
+
+function object(value: unknown, problem: string): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new MalformedAnswer(problem);
+  }
+  return value as Record<string, unknown>;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function toBase64(bytes: string | Uint8Array): string {
+  const data = typeof bytes === "string" ? encoder.encode(bytes) : bytes;
+  let binary = "";
+  for (const byte of data) {
+    binary += String.fromCharCode(byte);
+  }
+  return btoa(binary);
+}
+
+function fromBase64(text: string, field: string): string {
+  let binary: string;
+  try {
+    binary = atob(text);
+  } catch {
+    throw new MalformedAnswer(`has a ${field} that is not base64`);
+  }
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) {
+    bytes[i] = binary.charCodeAt(i);
+  }
+  return decoder.decode(bytes);
+}
+
+/** The range end that selects every key starting with prefix: its last byte below 0xff incremented. */
+export function prefixEnd(prefix: string): Uint8Array {
+  const bytes = encoder.encode(prefix);
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = bytes.slice(0, i + 1);
+      end[i]! += 1;
+      return end;
+    }
+  }
+  return new Uint8Array([0]); // all bytes 0xff: read to the end of the keyspace
+}
