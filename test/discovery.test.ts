@@ -254,6 +254,44 @@ describe("the snapshot cache", () => {
     expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
     expect(recorder.events.filter((e) => e.type === "snapshot")).toEqual([expect.objectContaining({ revision: 7 })]);
   });
+
+  it("fails a read whose revision is not a non-negative integer, from any discovery, and keeps serving the last good one", async () => {
+    const instance = {
+      key: "k", id: "k", name: "s", version: "", metadata: {},
+      endpoints: [{ scheme: "grpc" as const, host: "127.0.0.1", port: 7, address: "127.0.0.1:7", url: "http://127.0.0.1:7" }],
+    };
+    const revisions = [3, Number.NaN, -1, 1.5, Number.MAX_SAFE_INTEGER + 2];
+    const discovery: Discovery = {
+      key: "bad-revisions",
+      ttlMs: 0,
+      describe: () => "a test registry",
+      load: async () => ({ service: "s", revision: revisions.shift()!, instances: [instance], skipped: [] }),
+    };
+    const refreshes: Promise<unknown>[] = [];
+    const recorder = eventRecorder();
+    const transport = createBalancedTransport({
+      service: "s",
+      discovery,
+      transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }),
+      waitUntil: (refresh) => void refreshes.push(refresh),
+      onEvent: recorder.onEvent,
+    });
+    open.push(transport);
+    await transport.peers();
+    for (let i = 0; i < 4; i++) {
+      await transport.peers(); // stale (TTL 0): a refresh with a bad revision
+      await refreshes[i];
+    }
+    expect(revisions).toHaveLength(0);
+    const failures = recorder.events.filter((e) => e.type === "discovery_failed");
+    expect(failures).toHaveLength(4);
+    for (const failure of failures) {
+      expect(failure).toMatchObject({ serving: true, error: { code: Code.Internal } });
+      expect(failure.error.message).toMatch(/revision .* not a non-negative integer/);
+    }
+    expect(recorder.events.filter((e) => e.type === "snapshot")).toEqual([expect.objectContaining({ revision: 3 })]);
+    expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
+  });
 });
 
 describe("kratos registry entries", () => {

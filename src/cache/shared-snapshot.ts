@@ -92,6 +92,7 @@ export class SharedSnapshot {
     // it cannot disturb a read started for a transport created after it.
     const promise = this.discovery
       .load(this.service, controller.signal)
+      .then(checkRevision)
       .then(
         (next) => (controller.signal.aborted ? next : this.accept(next)),
         (error: unknown) => {
@@ -263,4 +264,16 @@ export class SharedSnapshot {
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * "Never go back in revision" compares revisions, so one that is not a
+ * non-negative integer (NaN compares false either way) fails the read, from
+ * whatever discovery it came; the last good snapshot keeps serving.
+ */
+function checkRevision(snapshot: Snapshot): Snapshot {
+  if (!Number.isSafeInteger(snapshot.revision) || snapshot.revision < 0) {
+    throw new ConnectError(`the registry answered with revision ${String(snapshot.revision).slice(0, 40)}, not a non-negative integer`, Code.Internal);
+  }
+  return snapshot;
 }
