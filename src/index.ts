@@ -1,5 +1,9 @@
-// The universal entry: no node: module anywhere below it, so it runs on Node,
-// Lambda, Next.js (Node and Edge), Cloudflare Workers, Deno and Bun.
+/**
+ * The universal entry: no node: module anywhere below it, so it runs on Node,
+ * Lambda, Next.js (Node and Edge), Cloudflare Workers, Deno and Bun.
+ *
+ * @module connect-etcd-balancer
+ */
 export { createBalancedTransport } from "./transport/balanced-transport.js";
 export type {
   BalancedTransport,

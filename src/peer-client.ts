@@ -15,9 +15,13 @@ import type { BalancedTransport } from "./transport/balanced-transport.js";
 
 /** A single response with the peer that produced it. */
 export interface PeerResult<O extends DescMessage> {
+  /** The response message. */
   readonly message: MessageShape<O>;
+  /** The instance that served the call. */
   readonly peer: Peer;
+  /** The response headers. */
   readonly header: Headers;
+  /** The response trailers. */
   readonly trailer: Headers;
 }
 
@@ -26,9 +30,13 @@ export interface PeerResult<O extends DescMessage> {
  * the promise resolves; `trailer` is filled once `message` has been read to the end.
  */
 export interface PeerStream<O extends DescMessage> {
+  /** The response messages; read them to the end, or abort the call's signal, to end the stream. */
   readonly message: AsyncIterable<MessageShape<O>>;
+  /** The instance serving the stream. */
   readonly peer: Peer;
+  /** The response headers. */
   readonly header: Headers;
+  /** The response trailers, filled once `message` has been read to the end. */
   readonly trailer: Headers;
 }
 

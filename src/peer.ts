@@ -12,15 +12,21 @@ export interface Peer {
   readonly address: string;
   /** Host without brackets: "10.0.0.7", "::1". */
   readonly host: string;
+  /** The port dialled: the registered one, or 80/443 when an http(s) endpoint names none. */
   readonly port: number;
   /** Base URL for the per-peer transport: "http://10.0.0.7:9000" or "https://…" when secure. */
   readonly url: string;
+  /** The registered scheme, after `?isSecure=true` turned grpc into grpcs. */
   readonly scheme: EndpointScheme;
   /** The registry key the instance was read from. */
   readonly key: string;
+  /** The instance id; for etcd-naming the address, for entries without one the last key segment. */
   readonly id: string;
+  /** The registered service name. */
   readonly name: string;
+  /** The registered version, "" when none (a `filter` can select on it). */
   readonly version: string;
+  /** The registered metadata: frozen, without a prototype, strings only. */
   readonly metadata: Readonly<Record<string, string>>;
   /** From `metadata.weight`; 100 when absent or not a positive integer. */
   readonly weight: number;

@@ -4,8 +4,11 @@ import type { Peer } from "../peer.js";
 
 /** What a picker may look at to choose a peer for one call. */
 export interface PickRequest {
+  /** The method called. */
   readonly method: DescMethod;
+  /** The call's request headers. */
   readonly header: Headers;
+  /** The call's context values, e.g. `hashKey` for ring_hash. */
   readonly contextValues: ContextValues;
   /**
    * 0 for the first pick of a call; 1, 2, … when the transport asks again
@@ -30,7 +33,9 @@ export interface CallResult {
 export type DoneFunc = (result: CallResult, latencyMs: number) => void;
 
 export interface Pick {
+  /** The peer to send the call to. */
   readonly peer: Peer;
+  /** Called once when the call ends, with its outcome and latency; learning policies record it. */
   readonly done?: DoneFunc;
 }
 
@@ -44,6 +49,7 @@ export type Picker = (request: PickRequest) => Pick;
  * `peers` is never empty.
  */
 export interface Balancer {
+  /** Names the policy in messages, e.g. "p2c". */
   readonly name: string;
   build(peers: readonly Peer[]): Picker;
 }

@@ -2,9 +2,11 @@ import type { Instance, SkippedEntry } from "../registry/instance.js";
 
 /** What a discovery read of one service found. */
 export interface Snapshot {
+  /** The service read. */
   readonly service: string;
   /** The etcd revision the read saw; a snapshot never replaces one with a higher revision. */
   readonly revision: number;
+  /** The usable instances, in key order. */
   readonly instances: readonly Instance[];
   /** Entries under the service's prefix that could not be used. */
   readonly skipped: readonly SkippedEntry[];

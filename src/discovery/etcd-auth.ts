@@ -4,7 +4,9 @@ import { postJson, smallAnswer, type RequestSettings } from "./etcd-request.js";
 
 /** etcd credentials; the password is sent to etcd only, never logged or put in an error. */
 export interface EtcdAuth {
+  /** The etcd user. */
   readonly username: string;
+  /** Sent to etcd's /v3/auth/authenticate only; never in an error, event or log, nor kept in module state. */
   readonly password: string;
 }
 

@@ -1,5 +1,9 @@
 /// <reference types="node" />
-// Node-only additions; everything here may import node: modules.
+/**
+ * Node-only additions; everything here may import node: modules.
+ *
+ * @module connect-etcd-balancer/node
+ */
 export { nodeHttp2Transport } from "./http2-transport.js";
 export type { NodeHttp2TransportOptions } from "./http2-transport.js";
 export { fileSnapshotStore } from "./file-snapshot-store.js";
