@@ -85,7 +85,7 @@ describe("canonical hosts", () => {
 });
 
 describe("the default policy", () => {
-  it.each([
+  const refused: [string, string][] = [
     ["169.254.169.254", "link-local"],
     ["169.254.170.2", "link-local"],
     ["fe80::1", "link-local"],
@@ -106,11 +106,26 @@ describe("the default policy", () => {
     ["instance-data", "metadata service name"],
     ["instance-data.ec2.internal", "metadata service name"],
     ["64:ff9b::a9fe:a9fe", "NAT64 for 169.254.169.254 is a link-local"],
-  ])("refuses %s", (host, reason) => {
+    ["fd20:ce::254", "GCP metadata"],
+    ["fd00:ec2::23", "EKS Pod Identity Agent"],
+    ["fd00:42::42", "Scaleway metadata"],
+    ["192.0.0.192", "Oracle Cloud legacy metadata"],
+    ["64:ff9b:1::a9fe:a9fe", "NAT64 for 169.254.169.254 is a link-local"],
+    ["64:ff9b:1:abcd::c000:c0", "NAT64 for 192.0.0.192 is the Oracle"],
+    ["metadata.tencentyun.com", "metadata service name"],
+  ];
+
+  it.each(refused)("refuses %s", (host, reason) => {
     expect(defaultRefusal(host)).toContain(reason);
   });
 
-  it.each(["127.0.0.1", "127.8.9.10", "::1", "10.0.0.7", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1", "2001:db8::1", "64:ff9b::a00:1", "localhost", "metadata-api", "user.svc.cluster.local", "169.253.255.255", "223.255.255.255", "fec0::1"])(
+  it("puts the right article before every reason", () => {
+    const wrong = refused.map(([host]) => defaultRefusal(host)!).filter((reason) => / a [aeiouAEIOU]/.test(reason));
+    expect(wrong).toEqual([]);
+    expect(defaultRefusal("0.0.0.0")).toBe("0.0.0.0 is an unspecified address");
+  });
+
+  it.each(["127.0.0.1", "127.8.9.10", "::1", "10.0.0.7", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1", "2001:db8::1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "fd00:ec2::1", "fd00:42::1", "fd20:ce::1", "192.0.0.193", "localhost", "metadata-api", "user.svc.cluster.local", "169.253.255.255", "223.255.255.255", "fec0::1"])(
     "allows %s",
     (host) => {
       expect(defaultRefusal(host)).toBeUndefined();
@@ -143,6 +158,7 @@ describe("the allow option", () => {
   it.each([
     ["10.0.0.1/8", "bits are set past /8"],
     ["10.0.0.0/33", "prefix length must be 0–32"],
+    ["::ffff:10.0.0.0/104", "an IPv4-mapped CIDR must be written as IPv4"],
     ["fd00::/129", "prefix length must be 0–128"],
     ["10.0.0.0/", "prefix length"],
     ["example.com/8", "not a CIDR"],

@@ -25,7 +25,7 @@ describe("parseEndpoint", () => {
     ["grpc://10.0.0.7", "has no port"],
     ["grpc://10.0.0.7:0", 'bad port "0"'],
     ["grpc://10.0.0.7:65536", 'bad port "65536"'],
-    ["grpc://10.0.0.7:90x", 'bad port "90x"'],
+    ["grpc://10.0.0.7:90x", "has a port that is not a number"],
     ["grpc://::1:9000", "IPv6 hosts must be in brackets"],
     ["grpc://user:pw@10.0.0.7:9000", "credentials are not allowed"],
     ["grpc://:9000", 'bad host ""'],
@@ -145,5 +145,100 @@ describe("custom decoder results", () => {
     const [instance] = decodeSnapshot(resolveFormat(() => good), "svc", 1, [{ key: "/custom/svc/1", value: "" }]).instances;
     expect(instance!.metadata["toString"]).toBeUndefined();
     expect(instance).toMatchObject({ id: "good", name: "svc", version: "" });
+  });
+});
+
+describe("reasons, which end up in logs", () => {
+  const reasonOf = (format: Parameters<typeof resolveFormat>[0], value: string) =>
+    decodeSnapshot(resolveFormat(format), "svc", 1, [{ key: "/p/svc/1", value }]).skipped[0]?.reason ?? "(not skipped)";
+
+  // A password written unescaped may hold "/", "?" or "#": the authority then
+  // ends inside it and the rest read as a port, or (with digits) as a peer.
+  it.each([
+    "grpc://user:S3CRET/@10.0.0.1:9",
+    "grpc://user:S3CRET?@10.0.0.1:9",
+    "grpc://user:S3CRET#@10.0.0.1:9",
+    "grpc://user:1234#@10.0.0.1:9",
+    "grpc://169.254.169.254:80#@10.0.0.1:9",
+    "grpc://10.0.0.1:9/path@S3CRET",
+  ])("refuses %s for its \"@\" and shows nothing of it", (endpoint) => {
+    const reason = parseEndpoint(endpoint);
+    expect(reason).toBe('credentials are not allowed in an endpoint (it has an "@", so it is not shown)');
+  });
+
+  it("refuses an etcd-naming Addr with credentials and shows nothing of it", () => {
+    const snapshot = decodeSnapshot(resolveFormat("etcd-naming"), "svc", 1, [
+      { key: "svc/a", value: JSON.stringify({ Addr: "user:S3CRET#@10.0.0.1:9" }) },
+      { key: "svc/b", value: JSON.stringify({ Addr: "user:1234#@10.0.0.1:9" }) },
+    ]);
+    expect(snapshot.instances).toEqual([]);
+    expect(JSON.stringify(snapshot.skipped)).not.toMatch(/S3CRET|1234|10\.0\.0\.1/);
+  });
+
+  it("never shows a port that is not digits, and cuts a long one short", () => {
+    const forged = parseEndpoint('grpc://10.0.0.1:9\nlevel=error msg="forged"') as string;
+    expect(forged).toContain("has a port that is not a number");
+    expect(forged).not.toMatch(/\n|forged/);
+    expect(parseEndpoint("grpc://10.0.0.1:S3CRET")).not.toContain("S3CRET");
+    expect((parseEndpoint(`grpc://10.0.0.1:${"9".repeat(100_000)}`) as string).length).toBeLessThan(200);
+    expect((parseEndpoint(`${"g".repeat(100_000)}://10.0.0.1:9`) as string).length).toBeLessThan(200);
+  });
+
+  it("never echoes a value that is not JSON", () => {
+    expect(reasonOf("kratos", "grpc://user:S3CRET@127.0.0.1:9")).toBe("value is not JSON (30 characters)");
+  });
+
+  it("drops what a decoder's error message quotes, and withholds one that may still hold a credential", () => {
+    const parse = (_key: string, value: string) => JSON.parse(value) as never;
+    const quoted = reasonOf(parse, "u:S3CRET@10.0.0.1:9");
+    expect(quoted).toMatch(/^decoder threw: Unexpected token/);
+    expect(quoted).not.toContain("S3CRET");
+    expect(reasonOf(parse, "S3CRET-TOKEN")).not.toContain("S3CRET");
+    const unquoted = () => { throw new SyntaxError("bad entry u:S3CRET@10.0.0.1:9"); };
+    expect(reasonOf(unquoted, "")).toBe("decoder threw: SyntaxError (its message is not shown: it may quote a secret)");
+    const url = () => { throw new Error("cannot reach https://vault.internal/token"); };
+    expect(reasonOf(url, "")).not.toContain("vault");
+    const cut = () => { throw new Error(`no color in "${"S3CRET".repeat(100)}"`); };
+    expect(reasonOf(cut, "")).not.toContain("S3CRET");
+  });
+
+  it("caps every value it quotes", () => {
+    const huge = "n".repeat(1_000_000);
+    expect(reasonOf("kratos", JSON.stringify({ name: huge, endpoints: [] })).length).toBeLessThan(200);
+    expect(reasonOf("etcd-naming", JSON.stringify({ Op: huge, Addr: "10.0.0.1:9" })).length).toBeLessThan(200);
+    expect(reasonOf(() => { throw new Error("y".repeat(5_000_000)); }, "").length).toBeLessThan(300);
+    const hundred = Array.from({ length: 100 }, (_, i) => `grpc://${"h".repeat(250)}.${i}:9`);
+    const many = reasonOf("kratos", JSON.stringify({ name: "svc", endpoints: hundred }));
+    expect(many).toContain("; and 97 more");
+    expect(many.length).toBeLessThan(1_000);
+  });
+
+  it("skips a decoder that returns a Promise, and its rejection is not left unhandled", async () => {
+    const unhandled: unknown[] = [];
+    const record = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", record);
+    try {
+      expect(reasonOf(() => Promise.reject(new Error("x")) as never, "")).toBe("decoder returned a Promise (decoders must be synchronous)");
+      expect(reasonOf((async () => ({ endpoints: ["grpc://10.0.0.1:9"] })) as never, "")).toBe("decoder returned a Promise (decoders must be synchronous)");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    } finally {
+      process.off("unhandledRejection", record);
+    }
+    expect(unhandled).toEqual([]);
+  });
+
+  it("reads the length of endpoints once: a Proxy cannot grow it past the bound", () => {
+    let reads = 0;
+    const endpoints = new Proxy(["grpc://10.0.0.1:9"], {
+      get: (target, property) => (property === "length" ? (reads++ === 0 ? 1 : 1_000_000) : Reflect.get(target, property)),
+    });
+    const snapshot = decodeSnapshot(resolveFormat(() => ({ endpoints })), "svc", 1, [{ key: "/p/svc/1", value: "" }]);
+    expect(snapshot.instances.map((i) => i.endpoints.length)).toEqual([1]);
+    expect(reads).toBe(1);
+  });
+
+  it("escapes control and non-ASCII characters in what it quotes", () => {
+    const reason = reasonOf("kratos", JSON.stringify({ name: "svc\nlevel=error\u2028\u202e", endpoints: [] }));
+    expect(reason).toBe('registered name "svc\\nlevel=error\\u2028\\u202e" is not "svc"');
   });
 });

@@ -7,7 +7,7 @@
 // caught here. Where that matters, register IPs and use allow with CIDRs, or
 // resolve names in the dialler and check the addresses there.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { canonicalHost, showHost, type CanonicalHost } from "./host.js";
+import { canonicalHost, quote, type CanonicalHost } from "./host.js";
 
 interface Cidr {
   readonly bytes: readonly number[];
@@ -16,33 +16,44 @@ interface Cidr {
 
 /**
  * Never dialled. Loopback and private ranges stay allowed: tests, demos and
- * real fleets use them. Alibaba's and Azure's metadata addresses are single
- * addresses in ranges real fleets use (100.64.0.0/10 carrier-grade NAT,
- * Tailscale), so only those addresses are refused.
+ * real fleets use them. Metadata addresses outside link-local are single
+ * addresses in ranges real fleets use (100.64.0.0/10 carrier-grade NAT and
+ * Tailscale, fd00::/8 unique-local), so only those addresses are refused.
+ * Each reason carries its article: "<address> is <reason>".
  */
 const deniedRanges: readonly (readonly [string, string])[] = [
-  ["0.0.0.0/8", "unspecified address"],
-  ["169.254.0.0/16", "link-local address (cloud metadata lives here)"],
-  ["224.0.0.0/4", "multicast address"],
-  ["255.255.255.255/32", "broadcast address"],
-  ["100.100.100.200/32", "Alibaba Cloud metadata address"],
-  ["168.63.129.16/32", "Azure WireServer address"],
-  ["::/128", "unspecified address"],
-  ["fe80::/10", "link-local address"],
-  ["ff00::/8", "multicast address"],
-  ["fd00:ec2::254/128", "AWS metadata address"],
+  ["0.0.0.0/8", "an unspecified address"],
+  ["169.254.0.0/16", "a link-local address (cloud metadata lives here)"],
+  ["224.0.0.0/4", "a multicast address"],
+  ["255.255.255.255/32", "the broadcast address"],
+  ["100.100.100.200/32", "the Alibaba Cloud metadata address"],
+  ["168.63.129.16/32", "the Azure WireServer address"],
+  ["192.0.0.192/32", "the Oracle Cloud legacy metadata address"],
+  ["::/128", "the unspecified address"],
+  ["fe80::/10", "a link-local address"],
+  ["ff00::/8", "a multicast address"],
+  ["fd00:ec2::254/128", "the AWS metadata address"],
+  ["fd00:ec2::23/128", "the AWS EKS Pod Identity Agent address"],
+  ["fd20:ce::254/128", "the GCP metadata address"],
+  ["fd00:42::42/128", "the Scaleway metadata address"],
 ];
 const denied = deniedRanges.map(([cidr, why]) => ({ cidr: parseCidr(cidr) as Cidr, why }));
 
 /**
  * Metadata service names of AWS (instance-data…), GCP (metadata.google.internal,
- * metadata.goog, and "metadata" via the search domain). Exact names only: a
- * service may well be called "metadata-api".
+ * metadata.goog, and "metadata" via the search domain) and Tencent Cloud
+ * (metadata.tencentyun.com). Exact names only: a service may well be called
+ * "metadata-api".
  */
-const deniedNames = new Set(["metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"]);
+const deniedNames = new Set(["metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal", "metadata.tencentyun.com"]);
 
-/** NAT64 (RFC 6052 well-known prefix): the IPv4 address in the last 32 bits is what is reached. */
-const nat64 = parseCidr("64:ff9b::/96") as Cidr;
+/**
+ * NAT64 prefixes, the well-known one (RFC 6052) and the local-use one
+ * (RFC 8215): the IPv4 address in the last 32 bits is what is reached. That
+ * is where a /96 prefix puts it; an operator who carves a shorter prefix out
+ * of 64:ff9b:1::/48 puts it elsewhere, which is not checked (use allow).
+ */
+const nat64 = [parseCidr("64:ff9b::/96") as Cidr, parseCidr("64:ff9b:1::/48") as Cidr];
 
 /** Why the default policy refuses a canonical host, or undefined when it may be dialled. */
 export function defaultRefusal(host: string): string | undefined {
@@ -51,13 +62,13 @@ export function defaultRefusal(host: string): string | undefined {
     return parsed;
   }
   if (parsed.kind === "name") {
-    return deniedNames.has(parsed.text) ? `${showHost(parsed.text)} is a cloud metadata service name` : undefined;
+    return deniedNames.has(parsed.text) ? `${quote(parsed.text)} is a cloud metadata service name` : undefined;
   }
   const hit = denied.find(({ cidr }) => inCidr(parsed.bytes, cidr));
   if (hit !== undefined) {
-    return `${parsed.text} is a ${hit.why}`;
+    return `${parsed.text} is ${hit.why}`;
   }
-  if (inCidr(parsed.bytes, nat64)) {
+  if (nat64.some((prefix) => inCidr(parsed.bytes, prefix))) {
     const embedded = defaultRefusal(parsed.bytes.slice(12).join("."));
     return embedded === undefined ? undefined : `${parsed.text} is NAT64 for ${embedded}`;
   }
@@ -83,7 +94,7 @@ export function compileAllow(entries: readonly string[]): AllowList {
   const matchers = entries.map((entry: unknown) => {
     const matcher = typeof entry === "string" ? compileEntry(entry) : "not a string";
     if (typeof matcher === "string") {
-      throw new ConnectError(`createBalancedTransport: allow entry ${showHost(String(entry))} is invalid: ${matcher}`, Code.InvalidArgument);
+      throw new ConnectError(`createBalancedTransport: allow entry ${quote(String(entry))} is invalid: ${matcher}`, Code.InvalidArgument);
     }
     return matcher;
   });
@@ -119,6 +130,10 @@ function parseCidr(text: string): Cidr | string {
   const parsed = canonicalHost(address, address.includes(":"));
   if (typeof parsed === "string" || parsed.kind === "name" || rest.length > 0) {
     return "not a CIDR like 10.0.0.0/8 or fd00::/8";
+  }
+  if (parsed.kind === "ipv4" && address.includes(":")) {
+    // canonicalHost reads it as the IPv4 it maps to: its prefix counts 128 bits, the address 32
+    return "an IPv4-mapped CIDR must be written as IPv4: ::ffff:a.b.c.d/(96+n) is a.b.c.d/n";
   }
   const bits = parsed.bytes.length * 8;
   const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;

@@ -1,5 +1,5 @@
 import { redactUrl } from "../redact.js";
-import { canonicalHost } from "./host.js";
+import { canonicalHost, quote } from "./host.js";
 
 /** Endpoint schemes a peer can be dialled with. */
 export type EndpointScheme = "grpc" | "grpcs" | "http" | "https";
@@ -26,28 +26,38 @@ export interface Endpoint {
  * string when the endpoint cannot be dialled.
  */
 export function parseEndpoint(endpoint: string): Endpoint | string {
-  const shown = redactUrl(endpoint); // messages end up in logs
+  // Anywhere, not only in the authority: a password written unescaped may
+  // hold "/", "?" or "#", and then the authority ends inside it and the rest
+  // of the password reads as a port or a path.
+  if (endpoint.includes("@")) {
+    return 'credentials are not allowed in an endpoint (it has an "@", so it is not shown)';
+  }
+  const shown = quote(redactUrl(endpoint), 120); // messages end up in logs
   const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(endpoint);
   if (!match) {
-    return `endpoint "${shown}" is not a URL like grpc://host:port`;
+    return `endpoint ${shown} is not a URL like grpc://host:port`;
   }
   const scheme = match[1]!.toLowerCase();
   if (!isScheme(scheme)) {
-    return `endpoint "${shown}" has unsupported scheme "${scheme}"`;
+    return `endpoint ${shown} has unsupported scheme ${quote(scheme, 20)}`;
   }
   const hostPort = splitHostPort(match[2]!);
   if (typeof hostPort === "string") {
-    return `endpoint "${shown}": ${hostPort}`;
+    return `endpoint ${shown}: ${hostPort}`;
   }
   const { host, portText } = hostPort;
   const secure = /[?&]isSecure=true(&|#|$)/.test(match[3] ?? "");
   const finalScheme: EndpointScheme = secure && (scheme === "grpc" || scheme === "http") ? secureScheme[scheme] : scheme;
   const port = portText === "" ? defaultPorts[scheme] : Number(portText);
   if (port === undefined) {
-    return `endpoint "${shown}" has no port`;
+    return `endpoint ${shown} has no port`;
   }
-  if (!/^\d*$/.test(portText) || !Number.isInteger(port) || port < 1 || port > 65535) {
-    return `endpoint "${shown}" has bad port "${portText}"`;
+  // text after the last ":" that is not digits may be the rest of a password: not shown
+  if (!/^\d*$/.test(portText)) {
+    return `endpoint ${shown} has a port that is not a number`;
+  }
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    return `endpoint ${shown} has bad port ${quote(portText, 12)}`;
   }
   const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   const url = `${finalScheme === "grpcs" || finalScheme === "https" ? "https" : "http"}://${address}`;
@@ -59,9 +69,6 @@ function isScheme(scheme: string): scheme is EndpointScheme {
 }
 
 function splitHostPort(authority: string): { host: string; portText: string } | string {
-  if (authority.includes("@")) {
-    return "credentials are not allowed in an endpoint";
-  }
   const bracketed = /^\[([^\]]*)\](?::(.*))?$/.exec(authority);
   const colon = authority.lastIndexOf(":");
   const raw = bracketed ? bracketed[1]! : colon < 0 ? authority : authority.slice(0, colon);

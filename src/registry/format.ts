@@ -2,13 +2,15 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { redactUrl } from "../redact.js";
 import { defaultRefusal } from "./address-policy.js";
 import { parseEndpoint, type Endpoint } from "./endpoint.js";
+import { quote } from "./host.js";
 import { describeError, readInstanceInit, type Instance, type InstanceInit } from "./instance.js";
 
 /**
  * A custom registry decoder: turns one etcd entry into an instance, or
  * returns undefined for an entry that describes none (it is skipped
- * silently). A thrown error or a result that is not an instance skips the
- * entry and is reported with its key; the other entries are still used.
+ * silently). It must be synchronous. A thrown error or a result that is not
+ * an instance skips the entry and is reported with its key; the other
+ * entries are still used.
  */
 export type RegistryDecoder = (key: string, value: string) => InstanceInit | undefined;
 
@@ -45,7 +47,7 @@ const kratos: RegistryLayout = {
     }
     const { id, name, version, metadata, endpoints } = parsed;
     if (name !== service) {
-      return `registered name ${JSON.stringify(name)} is not "${service}"`;
+      return `registered name ${showValue(name)} is not ${quote(service)}`;
     }
     if (!Array.isArray(endpoints) || !endpoints.every((e) => typeof e === "string")) {
       return "endpoints is not a list of strings";
@@ -77,7 +79,7 @@ const etcdNaming: RegistryLayout = {
     }
     const { Op, Addr, Metadata } = parsed;
     if (Op !== undefined && Op !== 0) {
-      return `Op is ${JSON.stringify(Op)}, not 0 (Add)`;
+      return `Op is ${showValue(Op)}, not 0 (Add)`;
     }
     if (typeof Addr !== "string" || Addr === "") {
       return "Addr is missing";
@@ -104,6 +106,9 @@ export function resolveFormat(format: RegistryFormat = "kratos"): RegistryLayout
       decode(key, value) {
         try {
           const init = format(key, value);
+          if (isPromise(init)) {
+            return "decoder returned a Promise (decoders must be synchronous)";
+          }
           // a string from a layout is a reason; from a decoder it is a wrong result
           return typeof init === "string" ? "not an instance but a string" : init;
         } catch (error) {
@@ -146,14 +151,14 @@ export function checkInstance(key: string, init: InstanceInit, service: string):
     if (typeof endpoint === "string") {
       problems.push(endpoint);
     } else if (refusal !== undefined) {
-      refused.push(`endpoint "${redactUrl(raw)}" refused: ${refusal}`);
+      refused.push(`endpoint ${quote(redactUrl(raw), 120)} refused: ${refusal}`);
     } else {
       endpoints.push(endpoint);
     }
   }
   if (endpoints.length === 0) {
     const all = [...problems, ...refused];
-    return all.length > 0 ? `no usable endpoint: ${all.join("; ")}` : "no endpoints";
+    return all.length > 0 ? `no usable endpoint: ${listed(all)}` : "no endpoints";
   }
   const instance: Instance = {
     key,
@@ -170,6 +175,37 @@ export function checkInstance(key: string, init: InstanceInit, service: string):
 export function toInstance(key: string, init: InstanceInit, service: string): Instance | string {
   const checked = checkInstance(key, init, service);
   return typeof checked === "string" ? checked : checked.instance;
+}
+
+/** A reason lists at most this many endpoint problems: an instance may have 100 endpoints. */
+const maxListed = 3;
+
+function listed(problems: readonly string[]): string {
+  const shown = problems.slice(0, maxListed).join("; ");
+  return problems.length > maxListed ? `${shown}; and ${problems.length - maxListed} more` : shown;
+}
+
+/**
+ * Whether a decoder returned a promise (or another thenable). A rejection
+ * is handled here, as nothing else will wait for it: unhandled, it would end
+ * the process.
+ */
+function isPromise(result: unknown): boolean {
+  let then: unknown;
+  try {
+    then = (result as { then?: unknown } | null | undefined)?.then;
+  } catch {
+    return false; // a Proxy that throws: readInstanceInit reports it
+  }
+  if (typeof then !== "function") {
+    return false;
+  }
+  try {
+    then.call(result, undefined, () => {});
+  } catch {
+    // a hand-made thenable whose then throws: no handler could be attached, none is needed
+  }
+  return true;
 }
 
 const decoderIds = new WeakMap<RegistryDecoder, number>();
@@ -190,12 +226,24 @@ function parseJsonObject(text: string): Record<string, unknown> | string {
   try {
     parsed = JSON.parse(text);
   } catch {
-    return `value is not JSON: ${JSON.stringify(text.length > 60 ? `${text.slice(0, 60)}…` : text)}`;
+    // not shown: text that is not JSON may be anything, a password included
+    return `value is not JSON (${text.length} characters)`;
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
     return "value is not a JSON object";
   }
   return parsed as Record<string, unknown>;
+}
+
+/** A JSON value for a reason: a string quoted and cut short, an object or array by its kind. */
+function showValue(value: unknown): string {
+  if (typeof value === "string") {
+    return quote(value);
+  }
+  if (typeof value === "object" && value !== null) {
+    return Array.isArray(value) ? "an array" : "an object";
+  }
+  return String(value); // a number, boolean, null or undefined: short
 }
 
 function isStringRecord(value: unknown): value is Record<string, string> {

@@ -29,25 +29,32 @@ export function canonicalHost(raw: string, bracketed: boolean): CanonicalHost | 
   return bracketed ? canonicalIPv6(raw) : canonicalName(raw);
 }
 
-/** Shows a host in a message: quoted, escaped and cut short (a hostile one may be huge). */
-export function showHost(host: string): string {
-  return JSON.stringify(host.length > 60 ? `${host.slice(0, 60)}…` : host);
+/**
+ * Shows registry text in a message, which ends up in logs: at most `max`
+ * characters (a hostile value may be megabytes), in double quotes, with
+ * control and non-ASCII characters escaped so it can neither forge a log line
+ * (newlines, U+2028) nor reorder what is shown (bidi overrides).
+ */
+export function quote(text: string, max = 60): string {
+  const cut = text.length > max;
+  const escaped = JSON.stringify(cut ? text.slice(0, max) : text).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return cut ? `${escaped.slice(0, -1)}…"` : escaped;
 }
 
 function canonicalIPv6(raw: string): CanonicalHost | string {
   if (raw.includes("%")) {
-    return `IPv6 zone ids are not allowed (${showHost(raw)})`;
+    return `IPv6 zone ids are not allowed (${quote(raw)})`;
   }
   const bytes = parseIPv6(raw);
   if (bytes === undefined) {
-    return `bad IPv6 address ${showHost(raw)}`;
+    return `bad IPv6 address ${quote(raw)}`;
   }
   const prefixIsZero = bytes.slice(0, 10).every((b) => b === 0);
   if (prefixIsZero && bytes[10] === 0xff && bytes[11] === 0xff) {
     return ipv4(bytes.slice(12));
   }
   if (prefixIsZero && bytes[10] === 0 && bytes[11] === 0 && bytes.slice(12, 15).some((b) => b !== 0)) {
-    return `IPv4-compatible IPv6 address ${showHost(raw)} is deprecated (RFC 4291): register the IPv4 address`;
+    return `IPv4-compatible IPv6 address ${quote(raw)} is deprecated (RFC 4291): register the IPv4 address`;
   }
   return { kind: "ipv6", text: formatIPv6(bytes), bytes };
 }
@@ -60,10 +67,10 @@ function canonicalName(raw: string): CanonicalHost | string {
   }
   const labels = name.split(".");
   if (/^(\d+|0x[0-9a-f]*)$/.test(labels[labels.length - 1]!)) {
-    return `numeric host ${showHost(raw)} is not a dotted-decimal IPv4 address`;
+    return `numeric host ${quote(raw)} is not a dotted-decimal IPv4 address`;
   }
   if (name.length > maxNameLength || !labels.every(isLabel)) {
-    return `bad host ${showHost(raw)}`;
+    return `bad host ${quote(raw)}`;
   }
   return { kind: "name", text: name, bytes: [] };
 }

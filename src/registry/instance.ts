@@ -1,4 +1,5 @@
 import type { Endpoint } from "./endpoint.js";
+import { quote } from "./host.js";
 
 /** A registered service instance, decoded and validated. */
 export interface Instance {
@@ -70,10 +71,15 @@ function copyEndpoints(value: unknown): string[] | string {
   if (!Array.isArray(value)) {
     return "endpoints is not a list of strings";
   }
-  if (value.length > maxEndpoints) {
+  // read once: a Proxy may answer a second read with a length past the bound
+  const length: unknown = value.length;
+  if (typeof length !== "number" || !Number.isInteger(length) || length < 0) {
+    return "endpoints is not a list of strings";
+  }
+  if (length > maxEndpoints) {
     return `more than ${maxEndpoints} endpoints`;
   }
-  const copy: unknown[] = Array.from({ length: value.length }, (_, i) => value[i]);
+  const copy: unknown[] = Array.from({ length }, (_, i) => value[i]);
   return copy.every((e): e is string => typeof e === "string") ? copy : "endpoints is not a list of strings";
 }
 
@@ -93,11 +99,45 @@ export function copyStringMap(value: unknown): Readonly<Record<string, string>> 
   return Object.freeze(copy);
 }
 
-/** An error's message for a reason; never throws, whatever was thrown. */
+/**
+ * A thrown value for a reason; never throws, whatever was thrown. Messages
+ * often quote their input (V8's JSON.parse quotes the text it failed on), and
+ * a decoder's input is a registry value that may hold a password, so the
+ * message is shown only as far as it cannot be quoting one (see shownMessage);
+ * otherwise only the error's name is.
+ */
 export function describeError(error: unknown): string {
   try {
-    return String(error instanceof Error ? error.message : error);
+    const message = shownMessage(String(error instanceof Error ? error.message : error));
+    return message ?? `${errorName(error)} (its message is not shown: it may quote a secret)`;
   } catch {
     return "(an error that cannot be shown)";
   }
+}
+
+/** Longest message shown: a decoder may throw megabytes. */
+const maxMessageLength = 200;
+
+/**
+ * The message with every quoted fragment replaced by "…", escaped and cut
+ * short; undefined when it still holds a quote mark (a quotation never closed,
+ * or cut short here), an "@" or a "://": what is left may be a credential.
+ */
+function shownMessage(message: string): string | undefined {
+  const pieces = message.slice(0, maxMessageLength).split(/"[^"]*"|'[^']*'|`[^`]*`/);
+  if (pieces.some((piece) => /["'`@]|:\/\//.test(piece))) {
+    return undefined;
+  }
+  const more = message.length > maxMessageLength ? "…" : "";
+  // escaped, but without quote marks: the message reads as prose
+  return `${pieces.map((piece) => quote(piece, maxMessageLength).slice(1, -1)).join("…")}${more}`;
+}
+
+/** "TypeError" and the like; a name that is not an identifier (or not a string) is not shown. */
+function errorName(error: unknown): string {
+  if (!(error instanceof Error)) {
+    return `a thrown ${typeof error}`;
+  }
+  const name: unknown = error.name;
+  return typeof name === "string" && /^[A-Za-z_$][\w$]{0,39}$/.test(name) ? name : "an error";
 }
