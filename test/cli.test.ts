@@ -277,6 +277,17 @@ describe("pick", () => {
     expect(Math.abs(ids.filter((id) => id === "b").length - 100)).toBeLessThanOrEqual(3);
   });
 
+  it("ends quietly when its reader goes away (| head -1)", async () => {
+    const child = spawnCli(["pick", "pick-svc", "-n", "10000"]);
+    let stderr = "";
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    await new Promise((resolve) => child.stdout.once("data", resolve));
+    child.stdout.destroy(); // the pipe's reader is gone: the next writes fail with EPIPE
+    const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+  });
+
   it("ring_hash with a key picks the same peer every time; without one it says the picks are random", async () => {
     const first = await cli(["pick", "pick-svc", "-b", "ring_hash", "--key", "user-42", "-n", "5"]);
     const again = await cli(["pick", "pick-svc", "-b", "ring_hash", "--key", "user-42", "-n", "5"]);

@@ -54,4 +54,12 @@ function packageVersion(): string {
   return manifest.version;
 }
 
+// A reader that went away (`watch … | head -1`) ends the command quietly, as for other Unix tools.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") {
+    throw error;
+  }
+  process.exit(exitCode.ok);
+});
+
 process.exitCode = await main(process.argv.slice(2), process.env);
