@@ -6,12 +6,25 @@ export type BalancerEvent =
   | { readonly type: "snapshot"; readonly service: string; readonly revision: number; readonly instances: number }
   /**
    * A registry entry was malformed and skipped; the other entries are still served.
-   * Reported once per entry (its key and reason) while it stays malformed: later
-   * reads that still skip it say nothing, and one fixed then broken again is
-   * reported again. The report goes to the transports sharing the service's
-   * process-wide cache at the read that first skipped it; a transport created
-   * later is not told of entries skipped before it (nor of the snapshot read
-   * before it), or a transport created per request would repeat the whole list.
+   *
+   * `key` is the entry's full etcd key, and `reason` may quote parts of its
+   * value or carry a custom decoder's message: both are registry-controlled
+   * text, of any length (a key may be 1.5 MiB) and with any characters,
+   * newlines included. Escape and cap them before writing them to a log; the
+   * default console output does (see logProblems).
+   *
+   * Reported once per key and reason (equal text) while the entry stays
+   * malformed: a read reports the entries it skipped that the previous read
+   * taken did not skip for the same reason. The value is not part of that
+   * identity: rewritten but skipped for the same reason, the entry is not
+   * reported again, as the event, which carries only key and reason, would
+   * tell the operator nothing new. Another reason is reported, and so is an
+   * entry fixed then broken again.
+   *
+   * The report goes to the transports sharing the service's process-wide
+   * cache at the read that first skipped it; a transport created later is not
+   * told of entries skipped before it (nor of the snapshot read before it),
+   * or a transport created per request would repeat the whole list.
    * Once every transport of the service closed and its idle cache entry was
    * dropped, a new transport starts over and reports the entry again.
    */
@@ -52,14 +65,21 @@ const consoleWindowMs = 60_000;
 /**
  * Passes at most `maxLines` lines per window to `write`; the first line over
  * says that the rest are counted, and the first line of a later window is
- * preceded by their count. Reads the clock on each line: no timer.
+ * preceded by their count. Reads `clock` on each line: no timer. It is
+ * monotonic by default: a wall clock stepped back (NTP, a VM resumed) would
+ * keep one window open, and the console silent, for as long as the step.
  */
-export function limitLines(write: (line: string) => void, maxLines: number, windowMs: number): (line: string) => void {
+export function limitLines(
+  write: (line: string) => void,
+  maxLines: number,
+  windowMs: number,
+  clock: () => number = () => performance.now(),
+): (line: string) => void {
   let windowStart = Number.NEGATIVE_INFINITY;
   let written = 0;
   let suppressed = 0;
   return (line) => {
-    const now = Date.now();
+    const now = clock();
     if (now - windowStart >= windowMs) {
       if (suppressed > 0) {
         write(`connect-etcd-balancer: ${suppressed} more warnings were suppressed (at most ${maxLines} per ${windowMs / 1000} s)`);
@@ -77,14 +97,34 @@ export function limitLines(write: (line: string) => void, maxLines: number, wind
   };
 }
 
+/**
+ * Most characters of registry-controlled text (a key, a reason) one console
+ * line shows: the limiter counts lines, not bytes, and a key may be 1.5 MiB.
+ */
+const maxShownChars = 200;
+
+/** Registry-controlled text as a console line shows it: its first maxShownChars characters (oneLine escapes the rest). */
+function shown(text: string): string {
+  return text.length > maxShownChars ? `${text.slice(0, maxShownChars)}…` : text;
+}
+
+/**
+ * A console line with control, format and line-separator characters escaped:
+ * a newline in a registry key cannot forge a log line of its own, nor a
+ * terminal sequence or a bidi override disguise one.
+ */
+function oneLine(line: string): string {
+  return line.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
+}
+
 // Looked up on each line, so that a replaced console.warn (a logger, a test spy) is used.
-const warn = limitLines((line) => console.warn(line), consoleLinesPerWindow, consoleWindowMs);
+const warn = limitLines((line) => console.warn(oneLine(line)), consoleLinesPerWindow, consoleWindowMs);
 
 /** Without an `onEvent` option, problems no caller sees go to the console (rate-limited); routine events go nowhere. */
 export const logProblems: EventListener = (event) => {
   switch (event.type) {
     case "entry_skipped":
-      warn(`connect-etcd-balancer: skipped registry entry ${event.key} of "${event.service}": ${event.reason}`);
+      warn(`connect-etcd-balancer: skipped registry entry ${shown(event.key)} of "${event.service}": ${shown(event.reason)}`);
       break;
     case "discovery_failed":
       // Without a snapshot the failing call carries the error itself.

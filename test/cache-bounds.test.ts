@@ -1,6 +1,6 @@
 // The process-wide snapshot cache is bounded: an entry leaves it when its last
-// transport closes (kept a while as an idle entry holding no timer, socket or
-// watch), and a discovery created per request cannot grow the heap.
+// transport closes (kept a while as an idle entry holding no timer, socket,
+// watch or discovery), and a discovery created per request cannot grow the heap.
 import { runInNewContext } from "node:vm";
 import { setFlagsFromString } from "node:v8";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,7 +8,7 @@ import type { Transport } from "@connectrpc/connect";
 import { createBalancedTransport, etcdDiscovery, staticDiscovery, type BalancedTransport, type Discovery, type EtcdDiscoveryOptions } from "../src/index.js";
 import { sharedCacheSize } from "../src/cache/snapshot-cache.js";
 import { startEtcd, type EtcdServer } from "../support/etcd.js";
-import { putKey } from "../support/registry.js";
+import { etcdRequest, putKey } from "../support/registry.js";
 import { sleep } from "./helpers.js";
 
 let etcd: EtcdServer;
@@ -167,5 +167,52 @@ describe("a discovery created per request and never closed", () => {
     });
     expect(growth).toBeLessThan(8 * 2 ** 20);
     expect(await watchersSettleAt(watchersBefore)).toBe(watchersBefore);
+  });
+});
+
+describe("an idle entry of an etcd with authentication", () => {
+  let secured: EtcdServer | undefined;
+  const password = "idle-entry-password";
+
+  beforeAll(async () => {
+    secured = await startEtcd();
+    const instance = { id: "a", name: "secured-service", version: "v1", metadata: null, endpoints: ["grpc://127.0.0.1:9003"] };
+    await putKey(secured.endpoint, "/microservices/secured-service/a", JSON.stringify(instance));
+    await etcdRequest(secured.endpoint, "/v3/auth/user/add", { name: "root", password: "root-pw" });
+    await etcdRequest(secured.endpoint, "/v3/auth/user/grant", { user: "root", role: "root" });
+    await etcdRequest(secured.endpoint, "/v3/auth/user/add", { name: "reader", password });
+    await etcdRequest(secured.endpoint, "/v3/auth/user/grant", { user: "reader", role: "root" });
+    await etcdRequest(secured.endpoint, "/v3/auth/enable", {});
+  });
+
+  afterAll(async () => {
+    await secured?.stop();
+  });
+
+  /**
+   * A transport that reads and watches the service, then closes; only weak
+   * references to its discovery and credentials stay with the caller.
+   */
+  async function readAndClose(endpoint: string): Promise<{ discovery: WeakRef<Discovery>; auth: WeakRef<object> }> {
+    const auth = { username: "reader", password };
+    const discovery = etcdDiscovery({ endpoints: [endpoint], auth, ttlMs: 60_000, watch: true });
+    const transport = balanced("secured-service", discovery);
+    expect(await transport.peers()).toHaveLength(1);
+    await transport.close();
+    return { discovery: new WeakRef(discovery), auth: new WeakRef(auth) };
+  }
+
+  it("keeps neither the discovery nor its password once the last transport closed, and still serves an equal discovery without a read", async () => {
+    const { endpoint } = secured!;
+    const first = await readAndClose(endpoint);
+    await collectGarbage();
+    expect(first.discovery.deref()).toBeUndefined();
+    expect(first.auth.deref()).toBeUndefined();
+
+    const ranges = await secured!.rangeCount();
+    const second = await readAndClose(endpoint); // the idle snapshot, within its TTL
+    expect(await secured!.rangeCount()).toBe(ranges);
+    await collectGarbage();
+    expect(second.auth.deref()).toBeUndefined();
   });
 });

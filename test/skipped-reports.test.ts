@@ -7,7 +7,7 @@ import { limitLines } from "../src/events.js";
 import { acceptRead, initialState } from "../src/cache/acceptance.js";
 import { startEtcd, type EtcdServer } from "../support/etcd.js";
 import { etcdRequest, putKey } from "../support/registry.js";
-import { countBy, eventRecorder } from "./helpers.js";
+import { countBy, eventRecorder, sleep } from "./helpers.js";
 
 let etcd: EtcdServer;
 const open: BalancedTransport[] = [];
@@ -57,6 +57,8 @@ function watching(service: string, onEvent?: EventListener): BalancedTransport {
   return transport;
 }
 
+/** The reason the first report of `key` gave. */
+const reasonOf = (events: readonly BalancerEvent[], key: string) => events.flatMap((e) => (e.type === "entry_skipped" && e.key === key ? [e.reason] : []))[0];
 const skippedKeys = (events: readonly BalancerEvent[]) => events.flatMap((e) => (e.type === "entry_skipped" ? [e.key] : []));
 
 /** Makes `changes` registry changes, each awaited as the snapshot it brings. */
@@ -94,8 +96,8 @@ describe("skipped registry entries", () => {
     await putInstance(service, "bad-0", 11_000); // fixed: nothing to report
     await change(service, recorder, 1, 12_000);
     const again = recorder.next("entry_skipped");
-    await putKey(etcd.endpoint, badKey(service, 0), "{broken again");
-    expect(await again).toMatchObject({ key: badKey(service, 0), reason: expect.stringContaining("broken again") });
+    await putKey(etcd.endpoint, badKey(service, 0), "{not json 0"); // as first broken: the same key and reason
+    expect(await again).toMatchObject({ key: badKey(service, 0), reason: reasonOf(recorder.events, badKey(service, 0)) });
     expect(skippedKeys(recorder.events)).toHaveLength(1_002);
     expect(skippedKeys(late.events)).toEqual([badKey(service, "new"), badKey(service, 0)]);
   });
@@ -103,7 +105,7 @@ describe("skipped registry entries", () => {
   it("go to the console once each, within the process-wide limit, with a count of the lines held back", async () => {
     const service = "console-service";
     const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
-    vi.useFakeTimers({ toFake: ["Date"], now: Date.now() });
+    vi.useFakeTimers({ toFake: ["performance"] }); // the limiter's monotonic clock
     await putMalformed(service, 1_000);
     await putInstance(service, "good", 9000);
     // Shares the cache with the console transport; only there to await the registry changes.
@@ -152,21 +154,48 @@ describe("the acceptance rules for skipped entries (pure)", () => {
 
 describe("limitLines", () => {
   it("passes a number of lines per window, then says so once, and counts the rest at the next window; no timer", () => {
-    vi.useFakeTimers({ now: 0 });
+    vi.useFakeTimers();
+    let now = 0;
     const written: string[] = [];
-    const log = limitLines((line) => written.push(line), 3, 1_000);
+    const log = limitLines((line) => written.push(line), 3, 1_000, () => now);
     for (let i = 0; i < 6; i++) log(`line ${i}`);
     expect(written).toEqual(["line 0", "line 1", "line 2", expect.stringContaining("more than 3 warnings within 1 s")]);
     expect(vi.getTimerCount()).toBe(0);
 
-    vi.advanceTimersByTime(999);
+    now += 999;
     log("still held back");
     expect(written).toHaveLength(4);
-    vi.advanceTimersByTime(1);
+    now += 1;
     log("next window");
     expect(written.slice(4)).toEqual(["connect-etcd-balancer: 4 more warnings were suppressed (at most 3 per 1 s)", "next window"]);
-    vi.advanceTimersByTime(1_000);
+    now += 1_000;
     log("quiet window");
     expect(written.slice(6)).toEqual(["quiet window"]);
+  });
+
+  it("by default counts windows on a monotonic clock: the wall clock stepped back an hour does not silence the console for that hour", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const written: string[] = [];
+    const log = limitLines((line) => written.push(line), 1, 20);
+    log("before the step");
+    vi.setSystemTime(Date.now() - 3_600_000);
+    await sleep(30);
+    log("after the step, in the next window");
+    expect(written).toEqual(["before the step", "after the step, in the next window"]);
+  });
+});
+
+describe("the default console line of a skipped entry", () => {
+  it("shows at most 200 characters of the key and of the reason, with control characters escaped: no line of its own for registry text", async () => {
+    vi.resetModules(); // a limiter of its own, whatever the tests before wrote
+    const { logProblems } = await import("../src/events.js");
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const hugeKey = `/microservices/svc/${"k".repeat(1.5 * 2 ** 20)}`;
+    logProblems({ type: "entry_skipped", service: "svc", key: hugeKey, reason: "bad\nconnect-etcd-balancer: forged\u001b[2K\u202e" });
+    logProblems({ type: "entry_skipped", service: "svc", key: "/microservices/svc/a\r\nforged\u2028", reason: "x".repeat(10_000) });
+    expect(warn.mock.calls.map(([line]) => String(line))).toEqual([
+      `connect-etcd-balancer: skipped registry entry ${hugeKey.slice(0, 200)}… of "svc": bad\\u{a}connect-etcd-balancer: forged\\u{1b}[2K\\u{202e}`,
+      `connect-etcd-balancer: skipped registry entry /microservices/svc/a\\u{d}\\u{a}forged\\u{2028} of "svc": ${"x".repeat(200)}…`,
+    ]);
   });
 });

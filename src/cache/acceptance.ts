@@ -81,6 +81,7 @@ function newlySkipped(reported: readonly SkippedEntry[], next: Snapshot): Balanc
     .map(({ key, reason }) => ({ type: "entry_skipped", service: next.service, key, reason }));
 }
 
+/** What makes a report the same one; not the value, which a report does not carry (see entry_skipped). */
 const identity = ({ key, reason }: SkippedEntry) => JSON.stringify([key, reason]);
 
 /**

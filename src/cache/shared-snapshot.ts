@@ -34,7 +34,8 @@ function refTo(holder: Holder): HolderRef {
 /**
  * The snapshot of one service read one way, shared by the transports holding
  * it. Reads, watches and reports only while held; released by the last
- * holder, it keeps its snapshot and holds no timer, socket or read.
+ * holder, it keeps its snapshot and revisions but holds no timer, socket,
+ * read or discovery.
  */
 export class SharedSnapshot {
   /**
@@ -52,11 +53,17 @@ export class SharedSnapshot {
   private readAgain = false;
   /** The running watch, when the discovery can watch. */
   private watching: AbortController | undefined;
+  /**
+   * How the holders read the registry; undefined while idle. A discovery may
+   * hold etcd credentials (a gateway keeping the password and token), and an
+   * idle entry stays in the process-wide cache after every transport closed,
+   * so it must not keep one: the next holder brings its own, equivalent as
+   * its key is equal. Reads and watches get it from the call that starts
+   * them, and release cancels them, so no closure the entry keeps holds it.
+   */
+  private discovery: Discovery | undefined;
 
-  constructor(
-    private readonly discovery: Discovery,
-    private readonly service: string,
-  ) {}
+  constructor(private readonly service: string) {}
 
   peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined {
     const { snapshot } = this.state;
@@ -87,19 +94,24 @@ export class SharedSnapshot {
     if (this.inflight !== undefined) {
       return this.inflight.promise;
     }
+    const discovery = this.discovery;
+    if (discovery === undefined) {
+      // Only a released handle asks an idle entry; a transport refuses calls once closed.
+      return Promise.reject(new ConnectError(`read of "${this.service}" cancelled: every transport closed`, Code.Canceled));
+    }
     const controller = new AbortController();
     // A read abandoned by release() neither updates the cache nor reports, so
     // it cannot disturb a read started for a transport created after it.
-    const promise = this.discovery
+    const promise = discovery
       .load(this.service, controller.signal)
       .then(checkRevision)
       .then(
-        (next) => (controller.signal.aborted ? next : this.accept(next)),
+        (next) => (controller.signal.aborted ? next : this.accept(next, discovery)),
         (error: unknown) => {
           if (controller.signal.aborted) {
             throw ConnectError.from(error, Code.Canceled);
           }
-          return this.restoreOrFail(error, controller.signal);
+          return this.restoreOrFail(error, controller.signal, discovery);
         },
       )
       .finally(() => {
@@ -121,10 +133,14 @@ export class SharedSnapshot {
     return this.state.snapshot !== undefined;
   }
 
-  /** Adds a holder; pass what it returns to release(). */
-  hold(holder: Holder): HolderRef {
+  /**
+   * Adds a holder reading the registry with `discovery`; pass what it returns
+   * to release(). An idle entry adopts that discovery; a held one keeps its own.
+   */
+  hold(holder: Holder, discovery: Discovery): HolderRef {
     const ref = refTo(holder);
     this.holders.add(ref);
+    this.discovery ??= discovery;
     this.keepWatching();
     return ref;
   }
@@ -139,6 +155,7 @@ export class SharedSnapshot {
     this.abandon(`read of "${this.service}" cancelled: every transport closed`);
     this.watching?.abort();
     this.watching = undefined;
+    this.discovery = undefined;
     return true;
   }
 
@@ -157,17 +174,17 @@ export class SharedSnapshot {
 
   /** Starts following changes once etcd has been read, if the discovery can watch. */
   private keepWatching(): void {
-    const { watch } = this.discovery;
+    const discovery = this.discovery;
     const { snapshot, restored } = this.state;
-    if (watch === undefined || this.watching !== undefined || snapshot === undefined || restored || this.holders.size === 0) {
+    if (discovery?.watch === undefined || this.watching !== undefined || snapshot === undefined || restored || this.holders.size === 0) {
       return;
     }
     const controller = new AbortController();
     this.watching = controller;
-    void watchLoop(watch.bind(this.discovery), this.service, controller.signal, {
+    void watchLoop(discovery.watch.bind(discovery), this.service, controller.signal, {
       revision: () => this.state.revision,
       changed: () => this.changed(),
-      failed: (error) => this.fail(error),
+      failed: (error) => this.fail(error, discovery),
     });
   }
 
@@ -184,23 +201,23 @@ export class SharedSnapshot {
     }
   }
 
-  private accept(next: Snapshot): Snapshot {
+  private accept(next: Snapshot, discovery: Discovery): Snapshot {
     const verdict = acceptRead(this.state, next);
     this.state = verdict.state;
     const served = verdict.state.snapshot!;
-    this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(this.discovery.ttlMs, retryAfterMs) : this.discovery.ttlMs);
+    this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(discovery.ttlMs, retryAfterMs) : discovery.ttlMs);
     if (verdict.etcdReset) {
       this.restartWatch();
     }
     this.keepWatching();
     verdict.events.forEach((event) => this.emit(event));
-    this.save(served);
+    this.save(served, discovery);
     return served;
   }
 
   /** Saves what a registry read made the cache serve; never waited for by a call. */
-  private save(served: Snapshot): void {
-    this.discovery.persistence?.save(served).catch((error: unknown) => {
+  private save(served: Snapshot, discovery: Discovery): void {
+    discovery.persistence?.save(served).catch((error: unknown) => {
       this.emit({ type: "snapshot_store_failed", service: this.service, operation: "put", reason: describe(error) });
     });
   }
@@ -209,10 +226,10 @@ export class SharedSnapshot {
    * The registry could not be read. At a cold start a stored snapshot serves,
    * if the discovery keeps one and it is usable; otherwise the read fails.
    */
-  private async restoreOrFail(cause: unknown, signal: AbortSignal): Promise<Snapshot> {
-    const persistence = this.discovery.persistence;
+  private async restoreOrFail(cause: unknown, signal: AbortSignal, discovery: Discovery): Promise<Snapshot> {
+    const persistence = discovery.persistence;
     if (persistence === undefined || this.state.snapshot !== undefined) {
-      throw this.fail(cause);
+      throw this.fail(cause, discovery);
     }
     let restored: Awaited<ReturnType<typeof persistence.restore>>;
     try {
@@ -226,19 +243,19 @@ export class SharedSnapshot {
       throw ConnectError.from(signal.reason, Code.Canceled);
     }
     if (restored === undefined || restored.snapshot.instances.length === 0) {
-      throw this.fail(cause);
+      throw this.fail(cause, discovery);
     }
     const verdict = acceptRestored(this.state, restored.snapshot);
     this.state = verdict.state;
-    this.fail(cause); // reported with serving: true, and etcd is asked again within retryAfterMs
+    this.fail(cause, discovery); // reported with serving: true, and etcd is asked again within retryAfterMs
     verdict.events.forEach((event) => this.emit(event));
     return this.state.snapshot!;
   }
 
-  private fail(cause: unknown): ConnectError {
+  private fail(cause: unknown, discovery: Discovery): ConnectError {
     const reason = ConnectError.from(cause, Code.Unavailable);
     const error = new ConnectError(
-      `cannot read service "${this.service}" from ${this.discovery.describe(this.service)}: ${reason.rawMessage}`,
+      `cannot read service "${this.service}" from ${discovery.describe(this.service)}: ${reason.rawMessage}`,
       reason.code,
       undefined,
       undefined,
@@ -246,7 +263,7 @@ export class SharedSnapshot {
     );
     const serving = this.state.snapshot !== undefined;
     if (serving) {
-      this.freshUntil = Date.now() + Math.min(this.discovery.ttlMs, retryAfterMs);
+      this.freshUntil = Date.now() + Math.min(discovery.ttlMs, retryAfterMs);
     }
     this.emit({ type: "discovery_failed", service: this.service, error, serving });
     return error;

@@ -31,8 +31,9 @@ const maxHeldEntries = 1_000;
  * Most released entries kept for the next transport of the same service, so a
  * transport created and closed per request still reuses a snapshot within its
  * TTL instead of reading etcd on every request. Dozens of services per process
- * fit; an idle entry holds a snapshot (and its discovery) but no timer, socket,
- * watch or read, so it never keeps the process alive.
+ * fit; an idle entry holds a snapshot but no discovery (whose credentials must
+ * not outlive the transports), timer, socket, watch or read, so it never keeps
+ * the process alive.
  */
 const maxIdleEntries = 64;
 
@@ -50,7 +51,7 @@ const dropped = typeof FinalizationRegistry === "undefined" ? undefined : new Fi
 
 export function acquireSnapshotCache(discovery: Discovery, service: string, listener: EventListener): SnapshotCache {
   const key = `${discovery.key}\n${service}`;
-  const entry = take(key) ?? new SharedSnapshot(discovery, service);
+  const entry = take(key) ?? new SharedSnapshot(service);
   held.set(key, entry);
   dropOldest(held, maxHeldEntries);
   const release = () => {
@@ -69,7 +70,7 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
     },
     release,
   };
-  const ref = entry.hold(handle);
+  const ref = entry.hold(handle, discovery);
   dropped?.register(handle, release, ref);
   return handle;
 }
