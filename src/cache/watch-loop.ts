@@ -3,8 +3,12 @@ import { pause } from "./signals.js";
 
 /** A watch open at least this long before it broke counts as having worked. */
 const healthyWatchMs = 30_000;
-/** Longest wait before watching again after the watch broke. */
-const maxWatchBackoffMs = 30_000;
+/**
+ * Longest wait before watching again after the watch broke: short, because
+ * after an etcd outage the watch is how changes arrive within a second, and
+ * one attempt per service every few seconds costs etcd nothing.
+ */
+const maxWatchBackoffMs = 4_000;
 
 export interface WatchLoopHooks {
   /** The revision to watch after: the highest read so far. */
