@@ -72,6 +72,14 @@ describe("redirects", () => {
     });
   }
 
+  it("are refused when fetch hides them as an opaque redirect, without a status 0", async () => {
+    // what a browser's fetch resolves with for redirect: "manual"
+    const opaque: typeof fetch = async () => ({ type: "opaqueredirect", status: 0, ok: false, body: null, headers: new Headers() }) as Response;
+    const error = await rejection(load("http://127.0.0.1:1", { fetch: opaque }));
+    expect(error.message).toMatch(/with a redirect; redirects are refused/);
+    expect(error.message).not.toContain("HTTP 0");
+  });
+
   it("are refused on the watch too", async () => {
     const target = await hostile(goodRange);
     const server = await hostile((request, response) =>
@@ -83,6 +91,45 @@ describe("redirects", () => {
     expect((await transport.peers()).map((p) => p.address)).toEqual([instance.address]);
     expect((await failed).error.message).toMatch(/redirect .*refused/);
     expect(target.received).toEqual([]);
+  });
+});
+
+describe("authentication failures", () => {
+  const auth = { username: "u", password: "pw-123456" };
+  const healthy: Answer = (request, response) =>
+    request.path === "/v3/auth/authenticate" ? json(response, 200, { token: "tok" }) : goodRange(request, response);
+
+  it("of one endpoint (5xx, leader changed, a proxy's page) make the read ask the next one", async () => {
+    const failures: [string, Answer][] = [
+      ["503 text", (_, response) => response.writeHead(503).end("Service Unavailable")],
+      ["502 proxy JSON", (_, response) => json(response, 502, { message: "upstream connect error" })],
+      ["leader changed", (_, response) => json(response, 500, { error: "etcdserver: leader changed", code: 14 })],
+      ["404", (_, response) => json(response, 404, {})],
+    ];
+    for (const [what, answer] of failures) {
+      const failing = await hostile(answer);
+      const good = await hostile(healthy);
+      const snapshot = await etcdDiscovery({ endpoints: [failing.endpoint, good.endpoint], auth }).load("svc", new AbortController().signal);
+      expect(snapshot.instances.map((i) => i.id), what).toEqual([instance.id]);
+    }
+  });
+
+  it("that is Unavailable on every endpoint says so, naming each", async () => {
+    const failing = await hostile((_, response) => json(response, 500, { error: "etcdserver: leader changed", code: 14 }));
+    const error = await rejection(etcdDiscovery({ endpoints: [failing.endpoint], auth }).load("svc", new AbortController().signal));
+    expect(error.code).toBe(Code.Unavailable);
+    expect(error.message).toContain(`could not authenticate user "u": etcdserver: leader changed`);
+  });
+
+  it("refusing the password, as etcd does, is final: the next endpoint is not asked", async () => {
+    const refusing = await hostile((_, response) =>
+      json(response, 400, { error: "etcdserver: authentication failed, invalid user ID or password", code: 3 }),
+    );
+    const good = await hostile(healthy);
+    const error = await rejection(etcdDiscovery({ endpoints: [refusing.endpoint, good.endpoint], auth, hedgeAfterMs: 5_000 }).load("svc", new AbortController().signal));
+    expect(error.code).toBe(Code.Unauthenticated);
+    expect(error.message).toContain('rejected user "u"');
+    expect(good.received).toEqual([]);
   });
 });
 
@@ -163,6 +210,41 @@ describe("bounded memory", () => {
     expect(growth).toBeLessThan(maxGrowth);
     expect(await sent).toBeLessThan(maxSent);
     expect((await transport.peers()).map((p) => p.address)).toEqual([instance.address]);
+  });
+
+  it("refuses answers within the limit that would parse into far more memory: deep nesting, countless objects or values", async () => {
+    const maxResponseBytes = 64 * 1024;
+    const bodies: [string, string][] = [
+      ["[".repeat(30_000) + "]".repeat(30_000), "nests deeper than 64 levels"],
+      [`{"header":{"revision":"1"},"x":[${Array(10_000).fill("{}").join(",")}]}`, "more objects and lists"],
+      [`{"header":{"revision":"1"},"x":[${Array(30_000).fill("0").join(",")}]}`, "more values"],
+    ];
+    for (const [body, reason] of bodies) {
+      const server = await hostile((_, response) => json(response, 200, body));
+      const error = await rejection(load(server.endpoint, { maxResponseBytes }));
+      expect(error.code).toBe(Code.Internal);
+      expect(error.message).toContain(server.endpoint);
+      expect(error.message).toContain(reason);
+    }
+    // brackets and commas inside strings are text, not structure
+    const kvs = Array.from({ length: 50 }, (_, i) => ({ key: btoa(`/microservices/svc/${"[{,".repeat(100)}${i}`), value: btoa("{}") }));
+    const server = await hostile((_, response) => json(response, 200, { header: { revision: "4" }, kvs }));
+    expect((await load(server.endpoint, { maxResponseBytes })).skipped).toHaveLength(50);
+  });
+
+  it("breaks a watch whose line nests too deep", async () => {
+    const server = await hostile((request, response) => {
+      if (request.path !== "/v3/watch") {
+        return goodRange(request, response);
+      }
+      response.writeHead(200, { "content-type": "application/json" }).end(`${"[".repeat(10_000)}\n`);
+    });
+    const recorder = eventRecorder();
+    const failed = recorder.next("discovery_failed");
+    balanced(server.endpoint, { watch: true, maxWatchLineBytes: 64 * 1024 }, recorder.onEvent).peers();
+    const event = await failed;
+    expect(event.error.code).toBe(Code.Internal);
+    expect(event.error.message).toContain("nests deeper than 64 levels");
   });
 
   it("rejects limits that are not whole positive numbers", () => {

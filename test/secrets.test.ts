@@ -4,6 +4,7 @@
 // however an endpoint URL with credentials is written. Also the pieces this
 // rests on: redactUrl, the SHA-256 behind the Discovery key, and that key.
 import { createHash } from "node:crypto";
+import { inspect } from "node:util";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { Miniflare } from "miniflare";
@@ -73,7 +74,7 @@ const echo = (request: ReceivedRequest) => `echo: ${request.authorization ?? ""}
 function fakeEtcd(overrides: Partial<Record<string, Answer>> = {}): Answer {
   const defaults: Record<string, Answer> = {
     "/v3/auth/authenticate": (request, response) =>
-      JSON.parse(request.body).password === password ? json(response, 200, { token }) : json(response, 400, { error: "authentication failed", code: 3 }),
+      JSON.parse(request.body).password === password ? json(response, 200, { token }) : json(response, 400, { error: "etcdserver: authentication failed, invalid user ID or password", code: 3 }),
     "/v3/kv/range": (request, response) =>
       request.authorization === token ? json(response, 200, rangeBody("10", [instance])) : json(response, 401, { error: "invalid auth token", code: 16 }),
     "/v3/watch": (_, response) => void response.writeHead(200).write(`${JSON.stringify({ result: { created: true } })}\n`),
@@ -192,6 +193,32 @@ describe("errors from etcd quoting the password or the token", () => {
   });
 });
 
+describe("errors from an echo that encodes or cuts what it quotes", () => {
+  /** Every 8-character piece of the secret, and all of it when shorter: none may show. */
+  const pieces = (secret: string) => Array.from({ length: Math.max(1, secret.length - 7) }, (_, i) => secret.slice(i, i + 8));
+  const shown = (error: unknown) => `${inspect(error, { depth: 10 })} ${JSON.stringify(error)}`;
+
+  const echoes: [string, (body: string) => string][] = [
+    ["as a JSON string", (body) => body],
+    ["JSON in JSON", (body) => JSON.stringify(body)],
+    ["with \\u escapes for all but letters and digits", (body) => body.replace(/[^A-Za-z0-9]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)],
+    ["URL-encoded", (body) => new URLSearchParams(JSON.parse(body)).toString()],
+    ["base64", (body) => `body=${Buffer.from(body).toString("base64")}`],
+    ["cut by the proxy after 8 characters of the password", (body) => body.slice(0, body.indexOf("password") + 24)],
+  ];
+  for (const secret of ['pa"ss\\word-XYZ', "pw\ttab-XYZ1", "pw\u0001ctl-XYZ", "L".repeat(300)]) {
+    for (const [how, encode] of echoes) {
+      it(`withholds a password like ${JSON.stringify(secret).slice(0, 20)} echoed ${how}`, async () => {
+        const server = await hostile((r, response) => json(response, 400, { message: encode(r.body), code: 3 }));
+        const error = await rejection(etcdDiscovery({ endpoints: [server.endpoint], auth: { username: "reader", password: secret } }).load("svc", new AbortController().signal));
+        expect(error.message).toContain("withheld");
+        const text = shown(error);
+        expect(pieces(secret).filter((piece) => text.includes(piece) || text.includes(JSON.stringify(piece).slice(1, -1)))).toEqual([]);
+      });
+    }
+  }
+});
+
 describe("watch failures quoting the password or the token", () => {
   const failures: [string, Answer][] = [
     ["an error answer", (r, response) => json(response, 401, { message: echo(r), code: 16 })],
@@ -233,6 +260,52 @@ describe("failures below HTTP", () => {
     const { thrown, said } = await coldFailure(server.endpoint, { fetch: quoting });
     expect(thrown[0]!.code).toBe(Code.Unavailable);
     expect(leaks(said)).toEqual([]);
+  });
+});
+
+describe("a custom fetch whose error carries the request (ky, ofetch)", () => {
+  it("keeps as cause only a copy with name, message and code: no Request, no Headers, no token", async () => {
+    const wrapped: typeof fetch = async (input, init) => {
+      if (!String(input).endsWith("/v3/kv/range")) {
+        return fetch(input, init);
+      }
+      const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", headers: init?.headers });
+      throw Object.assign(new TypeError("fetch failed", { cause: reset }), {
+        request: new Request(input as string, init),
+        options: { headers: new Headers(init?.headers) },
+      });
+    };
+    const server = await hostile(fakeEtcd());
+    const { thrown, said } = await coldFailure(server.endpoint, { fetch: wrapped });
+    expect(thrown[0]!.message).toContain("ECONNRESET");
+    expect(inspect(said, { depth: 20, showHidden: true })).not.toContain(token);
+    expect(leaks(said)).toEqual([]);
+    let cause = thrown[0]!.cause as Error & { cause: Error & { code: string } };
+    while (cause.name === "ConnectError") {
+      cause = cause.cause as typeof cause; // the balancer's and the gateway's errors, then fetch's
+    }
+    expect(cause).toMatchObject({ name: "TypeError", message: "fetch failed" });
+    expect(cause.cause).toMatchObject({ message: "read ECONNRESET", code: "ECONNRESET" });
+    expect(Object.getOwnPropertyNames(cause).sort()).toEqual(["cause", "message", "name", "stack"]);
+  });
+});
+
+describe("registry entries quoting the password or the token", () => {
+  it("fail the read: only an echo of the request could hold them, and entries reach events and the console", async () => {
+    const b64 = (text: string) => Buffer.from(text).toString("base64");
+    const echoing = (key: (r: ReceivedRequest) => string, value: (r: ReceivedRequest) => string): Answer => (r, response) =>
+      json(response, 200, { header: { revision: "5" }, kvs: [{ key: b64(key(r)), value: b64(value(r)) }] });
+    for (const answer of [
+      echoing((r) => `/microservices/svc/${r.authorization}`, () => "{}"),
+      echoing(() => "/microservices/svc/a", (r) => `not json ${r.authorization}`),
+      echoing(() => "/microservices/svc/a", () => JSON.stringify({ id: "a", name: "svc", metadata: { p: `${password}"` }, endpoints: [] })),
+    ]) {
+      const server = await hostile(fakeEtcd({ "/v3/kv/range": answer }));
+      const { thrown, said } = await coldFailure(server.endpoint);
+      expect(thrown[0]!.code).toBe(Code.Internal);
+      expect(thrown[0]!.message).toContain("quote the credentials");
+      expect(leaks(said)).toEqual([]);
+    }
   });
 });
 

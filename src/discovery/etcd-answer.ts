@@ -22,12 +22,60 @@ export interface WatchLine {
 /** The answer is not what etcd sends; the message says what is wrong, never quoting the answer. */
 export class MalformedAnswer extends Error {}
 
-/** Parses JSON without letting a SyntaxError (which quotes the text) escape. */
-export function parseJson(text: string): unknown {
+/**
+ * Parses JSON of at most `limit` bytes without letting a SyntaxError (which
+ * quotes the text) escape, once checkShape has found it cheap to build.
+ */
+export function parseJson(text: string, limit: number): unknown {
+  checkShape(text, limit);
   try {
     return JSON.parse(text);
   } catch {
     throw new MalformedAnswer("is not JSON");
+  }
+}
+
+/** etcd's answers nest 5 levels deep (a watch event's kv); 64 leaves room for any gateway version. */
+const maxDepth = 64;
+
+/**
+ * Refuses JSON whose parsed form would take far more memory than its text:
+ * 32 MiB of "[[[…" or "[{},{},…" parse into GBs. Budgets are per byte of
+ * the limit, set where a real etcd answer of that size stays below them:
+ * each kv of a range is one object of ≥ 70 bytes holding ≥ 4 members, a
+ * watch event (DELETE, short key) two objects in ≥ 58 bytes, and etcd
+ * splits watch batches into lines of about 1.5 MiB. One pass, outside
+ * strings; values are counted by their separators (commas) and containers.
+ */
+function checkShape(text: string, limit: number): void {
+  const maxContainers = 16 + Math.floor(limit / 32);
+  const maxValues = 16 + Math.floor(limit / 8);
+  let depth = 0;
+  let containers = 0;
+  let values = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const char = text.charCodeAt(i);
+    if (inString) {
+      if (char === 0x5c /* \ */) {
+        i++;
+      } else if (char === 0x22 /* " */) {
+        inString = false;
+      }
+    } else if (char === 0x22) {
+      inString = true;
+    } else if (char === 0x7b /* { */ || char === 0x5b /* [ */) {
+      if (++depth > maxDepth) {
+        throw new MalformedAnswer(`nests deeper than ${maxDepth} levels, which etcd never does`);
+      }
+      if (++containers > maxContainers || ++values > maxValues) {
+        throw new MalformedAnswer(`has more objects and lists than etcd sends in ${limit} bytes`);
+      }
+    } else if (char === 0x7d /* } */ || char === 0x5d /* ] */) {
+      depth--;
+    } else if (char === 0x2c /* , */ && ++values > maxValues) {
+      throw new MalformedAnswer(`has more values than etcd sends in ${limit} bytes`);
+    }
   }
 }
 

@@ -20,7 +20,9 @@ export interface Tokens {
   readonly secrets: readonly string[];
 }
 
+const grpcInvalidArgument = 3;
 const grpcFailedPrecondition = 9;
+const grpcUnauthenticated = 16;
 
 /** Tokens are printable ASCII (simple tokens, JWTs); anything else could not even be sent as a header. */
 const tokenPattern = /^[\x21-\x7e]{1,4096}$/;
@@ -55,8 +57,12 @@ async function authenticate(settings: RequestSettings, endpoint: string, { usern
     if (error instanceof EtcdAnswerError && error.grpcCode === grpcFailedPrecondition) {
       return undefined; // authentication is not enabled on this cluster: no token needed
     }
-    if (error instanceof EtcdAnswerError) {
+    if (error instanceof EtcdAnswerError && refusedCredentials(error)) {
       throw new ConnectError(`etcd ${endpoint} rejected user "${username}": ${error.message}`, Code.Unauthenticated);
+    }
+    if (error instanceof EtcdAnswerError) {
+      // 5xx, "leader changed", a proxy's error page: this endpoint is unwell, the next one may log in
+      throw new ConnectError(`etcd ${endpoint} could not authenticate user "${username}": ${error.message}`, Code.Unavailable);
     }
     throw error;
   }
@@ -68,4 +74,14 @@ async function authenticate(settings: RequestSettings, endpoint: string, { usern
     throw new ConnectError(`etcd ${endpoint} answered the authentication of user "${username}" with a token that is not printable text`, Code.Internal);
   }
   return token;
+}
+
+/**
+ * Whether etcd refused the user or password themselves, which every member
+ * would repeat: etcd answers a wrong one with 400, code 3 (InvalidArgument)
+ * "etcdserver: authentication failed, invalid user ID or password". Anything
+ * else is this endpoint's trouble, not the credentials'.
+ */
+function refusedCredentials(error: EtcdAnswerError): boolean {
+  return error.status === 401 || error.grpcCode === grpcUnauthenticated || (error.grpcCode === grpcInvalidArgument && error.known === "authFailed");
 }

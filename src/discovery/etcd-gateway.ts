@@ -4,7 +4,7 @@ import { boundedLines } from "./bounded-body.js";
 import type { WatchListener } from "./discovery.js";
 import { parseJson, prefixEnd, rangeAnswer, toBase64, watchLine, type RangeAnswer } from "./etcd-answer.js";
 import { createTokens, type EtcdAuth } from "./etcd-auth.js";
-import { EtcdAnswerError, describeError, shownText } from "./etcd-errors.js";
+import { EtcdAnswerError, describeError, secretQuoter, shownText } from "./etcd-errors.js";
 import { answerFailure, linkedTimeout, postJson, send, type AnswerLimit, type EtcdRequest } from "./etcd-request.js";
 import { hedged, HedgeFailure } from "./hedge.js";
 
@@ -65,7 +65,15 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
 
   async function readRange(endpoint: string, prefix: string, signal: AbortSignal): Promise<RangeAnswer> {
     const body = { key: toBase64(prefix), range_end: toBase64(prefixEnd(prefix)) };
-    return postJson(settings, await authorized(endpoint, "/v3/kv/range", body, signal), rangeLimit, signal, rangeAnswer);
+    const request = await authorized(endpoint, "/v3/kv/range", body, signal);
+    const answer = await postJson(settings, request, rangeLimit, signal, rangeAnswer);
+    // Keys and values reach events and logs (skipped entries); only an echo of
+    // the request holds the token. Nothing in such an answer can be trusted.
+    const quotesSecret = secretQuoter(request.secrets);
+    if (answer.kvs.some(({ key, value }) => quotesSecret(key) || quotesSecret(value))) {
+      throw new ConnectError(`etcd ${endpoint} answered ${request.path} with entries that quote the credentials it was sent: refused, as entries reach events and logs`, Code.Internal);
+    }
+    return answer;
   }
 
   async function rangeAt(endpoint: string, prefix: string, signal: AbortSignal): Promise<RangeAnswer> {
@@ -100,7 +108,7 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
       const response = await send(fetchFn, request, deadline.signal);
       deadline.stopTimer();
       for await (const line of boundedLines(response.body ?? new ReadableStream(), watchLimit.bytes)) {
-        const { created, changed, ended } = watchLine(parseJson(line));
+        const { created, changed, ended } = watchLine(parseJson(line, watchLimit.bytes));
         if (ended !== undefined) {
           throw new ConnectError(`etcd ${endpoint} ended the watch of "${prefix}": ${shownText(ended, request.secrets)}`, Code.Unavailable);
         }
@@ -160,9 +168,7 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
 function tokenRejected(error: unknown): boolean {
   return (
     error instanceof EtcdAnswerError &&
-    (error.grpcCode === grpcUnauthenticated ||
-      error.message.includes("user name is empty") ||
-      (error.grpcCode === grpcInvalidArgument && error.message.includes("auth store is old")))
+    (error.grpcCode === grpcUnauthenticated || error.known === "userEmpty" || (error.grpcCode === grpcInvalidArgument && error.known === "authOld"))
   );
 }
 
@@ -171,7 +177,7 @@ function explainRefusal(error: unknown, endpoint: string, prefix: string, auth: 
   if (!(error instanceof EtcdAnswerError)) {
     return error;
   }
-  if (auth === undefined && error.message.includes("user name is empty")) {
+  if (auth === undefined && error.known === "userEmpty") {
     return new ConnectError(`etcd ${endpoint} requires authentication: pass the auth option`, Code.Unauthenticated);
   }
   if (error.grpcCode === grpcPermissionDenied) {

@@ -39,7 +39,7 @@ export async function postJson<T>(
   const deadline = linkedTimeout(signal, settings.requestTimeoutMs, request.endpoint);
   try {
     const response = await send(settings.fetch, request, deadline.signal);
-    return parse(parseJson(await readBoundedText(response, limit.bytes)));
+    return parse(parseJson(await readBoundedText(response, limit.bytes), limit.bytes));
   } catch (error) {
     throw deadline.signal.aborted ? deadline.signal.reason : answerFailure(request, limit, error);
   } finally {
@@ -69,8 +69,10 @@ export async function send(fetchFn: typeof globalThis.fetch, request: EtcdReques
   }
   if (response.type === "opaqueredirect" || (response.status >= 300 && response.status < 400)) {
     await response.body?.cancel().catch(() => {});
+    // A browser's opaque redirect hides its status (0)
+    const status = response.status === 0 ? "" : ` (HTTP ${response.status})`;
     throw new ConnectError(
-      `etcd ${endpoint} answered ${path} with a redirect (HTTP ${response.status}); redirects are refused, so that no credentials go elsewhere: configure the URL etcd itself serves`,
+      `etcd ${endpoint} answered ${path} with a redirect${status}; redirects are refused, so that no credentials go elsewhere: configure the URL etcd itself serves`,
       Code.Unavailable,
     );
   }
