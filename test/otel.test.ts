@@ -224,6 +224,47 @@ describe("a server stream's span", () => {
     expect(span!.attributes["rpc.grpc.status_code"]).toBe(Code.Canceled);
     expect(span!.status.code).toBe(SpanStatusCode.ERROR);
   });
+
+  describe("ends when the balanced transport closes, the stream left open", () => {
+    async function streamFrom(count: number) {
+      const server = await echoServer();
+      const transport = balanced([`grpc://${server.address}`], nodeHttp2Transport());
+      const input = (async function* () {
+        yield { count, delayMs: 10 };
+      })();
+      return { transport, response: await transport.stream(EchoService.method.serverStream, undefined, undefined, undefined, input) };
+    }
+
+    it("by a createClient loop that broke out (connect's client drops the return())", async () => {
+      const server = await echoServer();
+      const transport = balanced([`grpc://${server.address}`], nodeHttp2Transport());
+      for await (const message of createClient(EchoService, transport).serverStream({ count: 1_000, delayMs: 10 })) {
+        expect(message.index).toBe(0);
+        break;
+      }
+      expect(openSpans.size).toBe(1);
+      await transport.close();
+      expect(openSpans.size).toBe(0);
+    });
+
+    it("read once and left; a later read fails with the close", async () => {
+      const { transport, response } = await streamFrom(1_000);
+      const stream = response.message[Symbol.asyncIterator]();
+      expect((await stream.next()).done).toBe(false);
+      await transport.close();
+      expect(openSpans.size).toBe(0);
+      const error = await rejection(stream.next());
+      expect(error.code).toBe(Code.Canceled);
+      expect(error.message).toContain("was closed");
+    });
+
+    it("never read, though the server finished it", async () => {
+      const { transport } = await streamFrom(1);
+      expect(openSpans.size).toBe(1);
+      await transport.close();
+      expect(openSpans.size).toBe(0);
+    });
+  });
 });
 
 describe("the Connect protocol", () => {

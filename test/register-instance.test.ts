@@ -1,6 +1,7 @@
 // registerInstance against a real etcd: what it writes (byte for byte what
 // kratos writes), that callers find the server through both discoveries, and
 // that the key leaves and comes back when it should.
+import { createServer, type AddressInfo, type Socket } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Code } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -128,6 +129,20 @@ describe("registerInstance", () => {
     expect(await grantedTtl(etcd.endpoint, ours!.lease)).toBe(3);
   });
 
+  it("sorts metadata keys that look like numbers by their bytes, as Go does, not numbers first as a JS object would", async () => {
+    const registration = await register({
+      name: "bytes-service",
+      id: "numeric-keys",
+      metadata: { b: "x", "10": "y", "9": "z", "-1": "n", "01": "o" },
+      endpoints: ["grpc://127.0.0.1:9000"],
+    });
+    const stored = await readKey(etcd.endpoint, registration.key);
+    // json.Marshal of the same registry.ServiceInstance in Go
+    expect(stored?.value).toBe(
+      '{"id":"numeric-keys","name":"bytes-service","version":"","metadata":{"-1":"n","01":"o","10":"y","9":"z","b":"x"},"endpoints":["grpc://127.0.0.1:9000"]}',
+    );
+  });
+
   it("rejects bad options with InvalidArgument naming the option", async () => {
     const good = { etcd: client, name: "x", endpoints: ["grpc://127.0.0.1:9000"] };
     const cases: [Partial<RegisterInstanceOptions>, string][] = [
@@ -157,6 +172,25 @@ describe("registerInstance", () => {
     expect(error.code).toBe(Code.Unavailable);
     expect(error.message).toContain("cannot register /microservices/down-service/");
     expect(Date.now() - started).toBeLessThan(20_000);
+  });
+
+  it("fails within its deadline against an etcd that never answers, and lets the process exit by itself", async () => {
+    // accepts the connections and holds them, as a hung etcd does
+    const held: Socket[] = [];
+    const blackHole = createServer((socket) => void held.push(socket));
+    await new Promise<void>((resolve) => blackHole.listen(0, "127.0.0.1", resolve));
+    try {
+      const child = runFixture("register-unanswered.ts", [`http://127.0.0.1:${(blackHole.address() as AddressInfo).port}`]);
+      children.push(child);
+      expect(await child.line()).toBe(`rejected ${Code.Unavailable}`);
+      const rejectedAt = Date.now();
+      expect(held.length).toBeGreaterThan(0);
+      expect(await child.exited(10_000)).toBe(0);
+      expect(Date.now() - rejectedAt).toBeLessThan(3_000);
+    } finally {
+      held.forEach((socket) => socket.destroy());
+      blackHole.close();
+    }
   });
 
   it("comes back by itself after its lease is revoked", async () => {

@@ -72,8 +72,16 @@ const defaultTtlSeconds = 15;
  * Registers a TypeScript server in etcd exactly as go-kratos'
  * contrib/registry/etcd does, so kratos clients, etcdDiscovery() and
  * etcd3Discovery() all find it. Resolves once the key is written; rejects
- * (and leaves nothing behind) when the options are invalid or etcd cannot be
- * written within 5 s.
+ * (and leaves nothing behind that keeps the process running) when the options
+ * are invalid or etcd cannot be written within 5 s.
+ *
+ * One limit, of @grpc/grpc-js under etcd3 rather than of ours: against an etcd
+ * that accepts connections but never answers, a connection still waiting for
+ * the server's HTTP/2 handshake outlives the closed client. grpc-js has no
+ * handshake timeout and does not cancel a connection attempt when its channel
+ * closes, and etcd3 does not expose the socket. That socket is unref'd, so the
+ * process can still exit (about a second after the rejection, when etcd3's
+ * close() is done); it goes when the server closes it.
  */
 export async function registerInstance(options: RegisterInstanceOptions): Promise<Registration> {
   const valid = validateRegistration(options);

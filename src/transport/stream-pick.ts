@@ -14,56 +14,97 @@ export interface OpenStreams {
  * Holds a stream response's pick until the stream ends: read to the end,
  * failed or returned — and also when the caller's signal aborts or its
  * peer's transport closes (through `open`), whether or not anybody reads it.
+ * A stream ended that way is cut: the response iterator inside is returned,
+ * so what wraps it below (an interceptor's span, the per-peer transport's
+ * HTTP/2 stream) learns it is over too, and every later read fails with why.
  */
 export function trackStream<T>(messages: AsyncIterable<T>, signal: AbortSignal | undefined, open: OpenStreams, finish: EndStream): AsyncIterable<T> {
+  const inner = sharedIterator(messages);
   let ended = false;
+  let cutBy: ConnectError | undefined;
   const end: EndStream = (error) => {
     if (ended) {
       return undefined;
     }
     ended = true;
     signal?.removeEventListener("abort", onAbort);
-    open.delete(end);
+    open.delete(cut);
     return finish(error);
   };
-  const onAbort = () => end(markDelivery(new ConnectError("the caller aborted the stream", Code.Canceled), "canceled"));
+  const cut: EndStream = (reason) => {
+    const error = end(reason);
+    if (error !== undefined) {
+      cutBy = error;
+      returnQuietly(inner());
+    }
+    return error;
+  };
+  const onAbort = () => cut(markDelivery(new ConnectError("the caller aborted the stream", Code.Canceled), "canceled"));
   signal?.addEventListener("abort", onAbort);
-  open.add(end);
+  open.add(cut);
   if (signal?.aborted === true) {
     onAbort(); // aborted before the listener was there
   }
-  return endOnIteration(messages, end);
+  return endOnIteration(inner, end, () => cutBy);
+}
+
+/**
+ * The stream's one iterator, made when first needed: by the reader, or by a
+ * cut that must return it though nobody read. A response stream is read once.
+ */
+function sharedIterator<T>(messages: AsyncIterable<T>): () => AsyncIterator<T> {
+  let iterator: AsyncIterator<T> | undefined;
+  return () => (iterator ??= messages[Symbol.asyncIterator]());
+}
+
+/** Returns the iterator without waiting: its answer could only say how the cut stream ended, which is already decided. */
+function returnQuietly(iterator: AsyncIterator<unknown>): void {
+  try {
+    iterator.return?.().catch(() => {});
+  } catch {
+    // a return() that throws at once has ended as well as it can
+  }
 }
 
 /**
  * Ends the stream when it ends, fails, or the caller stops reading it — also
- * when it stops before the first message, which an async generator would not notice.
+ * when it stops before the first message, which an async generator would not
+ * notice. Once cut, reads fail with the reason, also one pending at the cut.
  */
-function endOnIteration<T>(messages: AsyncIterable<T>, end: EndStream): AsyncIterable<T> {
+function endOnIteration<T>(inner: () => AsyncIterator<T>, end: EndStream, cutBy: () => ConnectError | undefined): AsyncIterable<T> {
+  const throwIfCut = () => {
+    const reason = cutBy();
+    if (reason !== undefined) {
+      throw reason;
+    }
+  };
   return {
     [Symbol.asyncIterator]() {
-      const inner = messages[Symbol.asyncIterator]();
       return {
         async next() {
+          throwIfCut();
+          let result: IteratorResult<T>;
           try {
-            const result = await inner.next();
-            if (result.done === true) {
-              end();
-            }
-            return result;
+            result = await inner().next();
           } catch (error) {
-            throw end(error) ?? error;
+            throw end(error) ?? cutBy() ?? error;
           }
+          throwIfCut();
+          if (result.done === true) {
+            end();
+          }
+          return result;
         },
         async return(value?: unknown) {
           end();
-          await inner.return?.();
+          await inner().return?.();
           return { done: true, value: value as T };
         },
         async throw(error?: unknown) {
           end();
-          if (inner.throw !== undefined) {
-            return inner.throw(error);
+          const iterator = inner();
+          if (iterator.throw !== undefined) {
+            return iterator.throw(error);
           }
           throw error;
         },

@@ -15,22 +15,30 @@ export interface KratosInstance {
  * and invalid UTF-16 replaced by U+FFFD.
  */
 export function kratosValue(instance: KratosInstance): string {
-  const json = JSON.stringify({
-    id: wellFormed(instance.id),
-    name: wellFormed(instance.name),
-    version: wellFormed(instance.version),
-    metadata: instance.metadata === undefined ? null : sortedMap(instance.metadata),
-    endpoints: instance.endpoints.map(wellFormed),
-  });
+  const fields = [
+    `"id":${quoted(instance.id)}`,
+    `"name":${quoted(instance.name)}`,
+    `"version":${quoted(instance.version)}`,
+    `"metadata":${instance.metadata === undefined ? "null" : sortedMap(instance.metadata)}`,
+    `"endpoints":[${instance.endpoints.map(quoted).join(",")}]`,
+  ];
   // These characters only occur inside strings of the JSON text, so the
   // replacement cannot touch its structure.
-  return json.replace(/[<>&\u2028\u2029]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return `{${fields.join(",")}}`.replace(/[<>&\u2028\u2029]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
-function sortedMap(map: Readonly<Record<string, string>>): Record<string, string> {
+/**
+ * The map as a JSON object written by hand: an object would put keys that
+ * look like array indexes ("9", "10") first, whatever order they came in.
+ */
+function sortedMap(map: Readonly<Record<string, string>>): string {
   const entries = Object.entries(map).map(([key, value]) => [wellFormed(key), wellFormed(value)] as const);
   entries.sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-  return Object.fromEntries(entries);
+  return `{${entries.map(([key, value]) => `${JSON.stringify(key)}:${JSON.stringify(value)}`).join(",")}}`;
+}
+
+function quoted(text: string): string {
+  return JSON.stringify(wellFormed(text));
 }
 
 /** A lone surrogate cannot be UTF-8 encoded; Go and Buffer.from both write U+FFFD for it. */
