@@ -69,6 +69,30 @@ async function servedBy(transport: BalancedTransport, calls: number): Promise<st
   return addresses;
 }
 
+/** An instance of service "s" on 127.0.0.1:port, as a discovery would decode it. */
+function instanceAt(port: number) {
+  return {
+    key: `k${port}`, id: `k${port}`, name: "s", version: "", metadata: {},
+    endpoints: [{ scheme: "grpc" as const, host: "127.0.0.1", port, address: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}` }],
+  };
+}
+
+/** A transport over a hand-written registry that is never fresh (TTL 0), recording its refreshes and events. */
+function overTestRegistry(key: string, load: () => Promise<Snapshot>) {
+  const discovery: Discovery = { key, ttlMs: 0, describe: () => "a test registry", load };
+  const refreshes: Promise<unknown>[] = [];
+  const recorder = eventRecorder();
+  const transport = createBalancedTransport({
+    service: "s",
+    discovery,
+    transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }),
+    waitUntil: (refresh) => void refreshes.push(refresh),
+    onEvent: recorder.onEvent,
+  });
+  open.push(transport);
+  return { transport, refreshes, recorder };
+}
+
 describe("the snapshot cache", () => {
   it("reads etcd once for concurrent cold calls and not at all within the TTL (counted by etcd)", async () => {
     const [a, b] = [await server(), await server()];
@@ -222,31 +246,12 @@ describe("the snapshot cache", () => {
   });
 
   it("never lets an older revision replace a newer one", async () => {
-    const instance = (port: number) => ({
-      key: `k${port}`, id: `k${port}`, name: "s", version: "", metadata: {},
-      endpoints: [{ scheme: "grpc" as const, host: "127.0.0.1", port, address: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}` }],
-    });
     // Reads finish out of order: the read that started later saw revision 7, the earlier one revision 5.
     const answers: Snapshot[] = [
-      { service: "s", revision: 7, instances: [instance(7)], skipped: [] },
-      { service: "s", revision: 5, instances: [instance(5)], skipped: [] },
+      { service: "s", revision: 7, instances: [instanceAt(7)], skipped: [] },
+      { service: "s", revision: 5, instances: [instanceAt(5)], skipped: [] },
     ];
-    const discovery: Discovery = {
-      key: "out-of-order",
-      ttlMs: 0,
-      describe: () => "a test registry",
-      load: async () => answers.shift()!,
-    };
-    const refreshes: Promise<unknown>[] = [];
-    const recorder = eventRecorder();
-    const transport = createBalancedTransport({
-      service: "s",
-      discovery,
-      transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }),
-      waitUntil: (refresh) => void refreshes.push(refresh),
-      onEvent: recorder.onEvent,
-    });
-    open.push(transport);
+    const { transport, refreshes, recorder } = overTestRegistry("out-of-order", async () => answers.shift()!);
     expect((await transport.peers()).map((p) => p.port)).toEqual([7]);
     await transport.peers(); // stale (TTL 0): starts the read that answers revision 5
     await refreshes[0];
@@ -256,27 +261,10 @@ describe("the snapshot cache", () => {
   });
 
   it("fails a read whose revision is not a non-negative integer, from any discovery, and keeps serving the last good one", async () => {
-    const instance = {
-      key: "k", id: "k", name: "s", version: "", metadata: {},
-      endpoints: [{ scheme: "grpc" as const, host: "127.0.0.1", port: 7, address: "127.0.0.1:7", url: "http://127.0.0.1:7" }],
-    };
     const revisions = [3, Number.NaN, -1, 1.5, Number.MAX_SAFE_INTEGER + 2];
-    const discovery: Discovery = {
-      key: "bad-revisions",
-      ttlMs: 0,
-      describe: () => "a test registry",
-      load: async () => ({ service: "s", revision: revisions.shift()!, instances: [instance], skipped: [] }),
-    };
-    const refreshes: Promise<unknown>[] = [];
-    const recorder = eventRecorder();
-    const transport = createBalancedTransport({
-      service: "s",
-      discovery,
-      transport: () => createGrpcTransport({ baseUrl: "http://127.0.0.1:1" }),
-      waitUntil: (refresh) => void refreshes.push(refresh),
-      onEvent: recorder.onEvent,
-    });
-    open.push(transport);
+    const { transport, refreshes, recorder } = overTestRegistry("bad-revisions", async () => ({
+      service: "s", revision: revisions.shift()!, instances: [instanceAt(7)], skipped: [],
+    }));
     await transport.peers();
     for (let i = 0; i < 4; i++) {
       await transport.peers(); // stale (TTL 0): a refresh with a bad revision

@@ -5,6 +5,7 @@ import type { Discovery, WatchListener } from "./discovery.js";
 import { credentialsId } from "./credentials-id.js";
 import { createEtcdGateway, type EtcdAuth } from "./etcd-gateway.js";
 import { defaultSnapshotMaxAgeMs, snapshotPersistence, type SnapshotStore } from "./snapshot-store.js";
+import { createObjectIds } from "../object-ids.js";
 
 export interface EtcdDiscoveryOptions {
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]; the next is asked when one fails or is slow (hedgeAfterMs). */
@@ -126,37 +127,19 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
   };
 }
 
-const storeIds = new WeakMap<SnapshotStore, number>();
+const storeIds = createObjectIds<SnapshotStore>();
 
 /** Distinguishes stores: a transport given a store must not share a cache entry that never saves to it. */
 function storeId(store: SnapshotStore | undefined): number {
-  if (store === undefined) {
-    return 0;
-  }
-  let id = storeIds.get(store);
-  if (id === undefined) {
-    id = ++stores;
-    storeIds.set(store, id);
-  }
-  return id;
+  return store === undefined ? 0 : storeIds(store);
 }
-let stores = 0;
 
-const fetchIds = new WeakMap<typeof globalThis.fetch, number>();
+const fetchIds = createObjectIds<typeof globalThis.fetch>();
 
 /** Distinguishes fetch functions (one may carry a client certificate another lacks). */
 function fetchId(fetch: typeof globalThis.fetch | undefined): number {
-  if (fetch === undefined) {
-    return 0;
-  }
-  let id = fetchIds.get(fetch);
-  if (id === undefined) {
-    id = ++fetches;
-    fetchIds.set(fetch, id);
-  }
-  return id;
+  return fetch === undefined ? 0 : fetchIds(fetch);
 }
-let fetches = 0;
 
 function checkDuration(name: string, ms: number): number {
   if (!(ms >= 0) || !Number.isFinite(ms)) {

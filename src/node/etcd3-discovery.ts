@@ -4,6 +4,7 @@ import { decodeSnapshot } from "../discovery/decode.js";
 import type { Discovery } from "../discovery/discovery.js";
 import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
 import { watchPrefix } from "./etcd3/watch-prefix.js";
+import { createObjectIds } from "../object-ids.js";
 
 export interface Etcd3DiscoveryOptions {
   /**
@@ -61,18 +62,8 @@ export function etcd3Discovery(options: Etcd3DiscoveryOptions): Discovery {
   };
 }
 
-const clientIds = new WeakMap<Etcd3, number>();
-let clients = 0;
-
 /** Distinguishes clients (they may reach different clusters as different users) without showing their settings. */
-function clientId(client: Etcd3): number {
-  let id = clientIds.get(client);
-  if (id === undefined) {
-    id = ++clients;
-    clientIds.set(client, id);
-  }
-  return id;
-}
+const clientId = createObjectIds<Etcd3>();
 
 /** The read itself runs on until its deadline: a grpc call made through etcd3 cannot be cancelled. */
 function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {

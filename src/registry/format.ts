@@ -4,6 +4,7 @@ import { defaultRefusal } from "./address-policy.js";
 import { parseEndpoint, type Endpoint } from "./endpoint.js";
 import { quote } from "./host.js";
 import { describeError, readInstanceInit, type Instance, type InstanceInit } from "./instance.js";
+import { createObjectIds } from "../object-ids.js";
 
 /**
  * A custom registry decoder: turns one etcd entry into an instance, or
@@ -208,18 +209,8 @@ function isPromise(result: unknown): boolean {
   return true;
 }
 
-const decoderIds = new WeakMap<RegistryDecoder, number>();
-let decoders = 0;
-
 /** Distinguishes decoders in cache keys: two functions never share a snapshot. */
-function decoderId(decoder: RegistryDecoder): number {
-  let id = decoderIds.get(decoder);
-  if (id === undefined) {
-    id = ++decoders;
-    decoderIds.set(decoder, id);
-  }
-  return id;
-}
+const decoderId = createObjectIds<RegistryDecoder>();
 
 function parseJsonObject(text: string): Record<string, unknown> | string {
   let parsed: unknown;
