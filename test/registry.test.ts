@@ -41,6 +41,7 @@ describe("servicePrefix", () => {
     expect(servicePrefix("/microservices", "hello")).toBe("/microservices/hello/");
     expect(servicePrefix("/microservices/", "hello")).toBe("/microservices/hello/");
     expect(servicePrefix("", "naming/billing")).toBe("naming/billing/");
+    expect(servicePrefix("/", "hello")).toBe("/hello/"); // kratos with an empty namespace writes /hello/<id>
   });
 });
 

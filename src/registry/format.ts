@@ -31,10 +31,13 @@ export interface RegistryLayout {
   decode(key: string, value: string, service: string): InstanceInit | undefined | string;
 }
 
-/** Where a service's entries live: always read with the trailing slash. */
+/**
+ * Where a service's entries live: always read with the trailing slash. No
+ * namespace reads `<service>/` (etcd-naming); "/" reads `/<service>/`, what
+ * kratos writes with an empty namespace.
+ */
 export function servicePrefix(namespace: string, service: string): string {
-  const trimmed = namespace.replace(/\/+$/, "");
-  return trimmed === "" ? `${service}/` : `${trimmed}/${service}/`;
+  return namespace === "" ? `${service}/` : `${namespace.replace(/\/+$/, "")}/${service}/`;
 }
 
 /** go-kratos `contrib/registry/etcd`: `/microservices/<name>/<id>` → ServiceInstance JSON. */
