@@ -226,6 +226,13 @@ describe("a server stream's span", () => {
   });
 
   describe("ends when the balanced transport closes, the stream left open", () => {
+    /** The close cuts the stream as a caller's abort would: ERROR, Canceled. */
+    function expectClosedAsCanceled() {
+      const [span] = attemptSpans();
+      expect(span!.status.code).toBe(SpanStatusCode.ERROR);
+      expect(span!.attributes["rpc.grpc.status_code"]).toBe(Code.Canceled);
+    }
+
     async function streamFrom(count: number) {
       const server = await echoServer();
       const transport = balanced([`grpc://${server.address}`], nodeHttp2Transport());
@@ -245,6 +252,7 @@ describe("a server stream's span", () => {
       expect(openSpans.size).toBe(1);
       await transport.close();
       expect(openSpans.size).toBe(0);
+      expectClosedAsCanceled();
     });
 
     it("read once and left; a later read fails with the close", async () => {
@@ -253,6 +261,7 @@ describe("a server stream's span", () => {
       expect((await stream.next()).done).toBe(false);
       await transport.close();
       expect(openSpans.size).toBe(0);
+      expectClosedAsCanceled();
       const error = await rejection(stream.next());
       expect(error.code).toBe(Code.Canceled);
       expect(error.message).toContain("was closed");
@@ -263,6 +272,7 @@ describe("a server stream's span", () => {
       expect(openSpans.size).toBe(1);
       await transport.close();
       expect(openSpans.size).toBe(0);
+      expectClosedAsCanceled();
     });
   });
 });

@@ -3,7 +3,7 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import type { CallResult, Pick } from "../balancer/balancer.js";
 import type { EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
-import { deliveryOf } from "./delivery.js";
+import { deliveryOf, markDelivery } from "./delivery.js";
 import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
 import { outcomeOf, type OutlierDetection } from "./outlier-detection.js";
 import type { PeerTransport, PeerTransports } from "./peer-transports.js";
@@ -35,6 +35,8 @@ export interface AttemptScope {
   readonly onEvent: EventListener;
   /** How many peers there are now: ejection limits are a share of it. */
   peerCount(): number;
+  /** Why the balanced transport was closed, once it was: then every failure is that close. */
+  closedBy(): ConnectError | undefined;
 }
 
 const succeeded: CallResult = Object.freeze({});
@@ -70,7 +72,7 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
     return undefined;
   }
   const canceledByCaller = attempt.signal?.aborted === true;
-  const failure = asPeerFailure(ConnectError.from(error), canceledByCaller);
+  const failure = closedFailure(scope, error) ?? asPeerFailure(ConnectError.from(error), canceledByCaller);
   pick.done?.({ error: failure }, latencyMs);
   const kind = classifyFailure(failure, method);
   const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled");
@@ -81,6 +83,19 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
     scope.onEvent({ type: "peer_ejected", service: scope.service, address: pick.peer.address, forMs, reason, error: failure });
   }
   return { error: attributeToPeer(failure, pick.peer, scope.service), kind };
+}
+
+/**
+ * A failure once the transport is closing is the close's doing — its per-peer
+ * transports drop their connections, which would read as lost peers: it is
+ * Canceled, "canceled", neither retried nor held against the peer.
+ */
+function closedFailure(scope: AttemptScope, error: unknown): ConnectError | undefined {
+  const reason = scope.closedBy();
+  if (reason === undefined || error === reason) {
+    return reason;
+  }
+  return markDelivery(new ConnectError(reason.rawMessage, reason.code, undefined, undefined, error), "canceled");
 }
 
 /** The same error, its message naming the peer that was tried. */

@@ -25,7 +25,7 @@ import { OutlierDetection, type OutlierDetectionOptions } from "./outlier-detect
 import { untilResponse, type RetryPolicy } from "./retry.js";
 import { RetryBudget } from "./retry-budget.js";
 import { parseServiceName } from "./service-name.js";
-import { collect, trackStream } from "./stream-pick.js";
+import { beginStreamAttempt, collect, type StreamAttempt } from "./stream-pick.js";
 import { buildPeerSet, createAllowGate, type PeerFilter, type PeerSet } from "./peer-set.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 import { statsOf, type PeerStats } from "./transport-stats.js";
@@ -123,7 +123,8 @@ export interface BalancedTransport extends Transport {
    * What the transport counted per peer, for health endpoints and dashboards:
    * a fresh array of frozen plain objects, one per peer in the order of
    * `peers()`, as of the last call or `peers()` (empty before the registry
-   * was first read). Synchronous and cheap; see PeerStats for each field.
+   * was first read, and after close(): the counters go with the per-peer
+   * transports). Synchronous and cheap; see PeerStats for each field.
    */
   stats(): PeerStats[];
   /** Releases the per-peer transports and the registry cache handle; the process can exit after it. */
@@ -152,8 +153,8 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const healthy = new HealthyPicker(balancer, detection);
   let peerSet: PeerSet | undefined;
-  let closed = false;
-  const scope: AttemptScope = { service, pool, detection, onEvent, peerCount: () => peerSet?.peers.length ?? 1 };
+  let closedBy: ConnectError | undefined;
+  const scope: AttemptScope = { service, pool, detection, onEvent, peerCount: () => peerSet?.peers.length ?? 1, closedBy: () => closedBy };
 
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
   async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
@@ -172,7 +173,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   }
 
   function assertOpen() {
-    if (closed) {
+    if (closedBy !== undefined) {
       throw new ConnectError(`the balanced transport of "${service}" is closed`, Code.FailedPrecondition);
     }
   }
@@ -228,6 +229,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       // call can be sent again until the response starts. Other streams are read once.
       const resendable = method.methodKind === "server_streaming";
       const messages = resendable ? await collect(input) : undefined;
+      let streamAttempt: StreamAttempt | undefined; // the one that responded, once untilResponse returns
       const { response, attempt } = await untilResponse(retryPolicy, {
         method,
         signal,
@@ -235,14 +237,21 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
         header,
         contextValues: values,
         resendable,
-        send: (transport, peer, headers, remainingMs) => {
+        send: async (transport, peer, headers, remainingMs, begun) => {
           const body = messages === undefined ? input : createAsyncIterable(messages);
-          return invoke(interceptors, transport, peer, { stream: true, method, signal, timeoutMs: remainingMs, header: headers, contextValues: values, message: body });
+          streamAttempt = beginStreamAttempt(signal, pool.streamsOf(begun.entry));
+          const call = { stream: true, method, signal: streamAttempt.signal, timeoutMs: remainingMs, header: headers, contextValues: values, message: body } as const;
+          try {
+            return await invoke(interceptors, transport, peer, call);
+          } catch (error) {
+            streamAttempt.drop();
+            throw error;
+          }
         },
       });
       attempt.responded = performance.now();
       const stream = response as StreamResponse<I, O>;
-      const message = trackStream(stream.message, signal, pool.streamsOf(attempt.entry), (error) => finishAttempt(scope, attempt, error)?.error);
+      const message = streamAttempt!.track(stream.message, (error) => finishAttempt(scope, attempt, error)?.error);
       return { ...stream, peer: attempt.pick.peer, message };
     },
 
@@ -251,14 +260,17 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     },
 
     stats() {
+      if (closedBy !== undefined) {
+        return []; // the counters went with the per-peer transports
+      }
       return statsOf(peerSet?.peers ?? [], (peer) => pool.find(peer), detection, performance.now());
     },
 
     async close() {
-      if (!closed) {
-        closed = true;
+      if (closedBy === undefined) {
+        closedBy = markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled");
         cache.release();
-        await pool.closeAll(markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled"));
+        await pool.closeAll(closedBy);
       }
     },
   };

@@ -13,7 +13,7 @@ export interface PeerTransport extends AttemptCounters {
   readonly address: string;
   /** Calls in flight, stream responses included. */
   inflight: number;
-  /** The stream responses among them, each ended by its EndStream: a stream may stay open as long as its caller likes. */
+  /** The streams among them, each ended by its EndStream, from before their response on: a stream may stay open as long as its caller likes. */
   readonly streams: Set<EndStream>;
   retired: boolean;
 }

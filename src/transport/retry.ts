@@ -14,7 +14,8 @@ export interface RetriedCall<R> {
   readonly contextValues: ContextValues;
   /** Whether the request can be sent again at all (its input can be read again). */
   readonly resendable: boolean;
-  send(transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined): Promise<R>;
+  /** Sends one attempt; `attempt` is for a stream to keep its peer's open streams (a unary call ignores it). */
+  send(transport: Transport, peer: Peer, headers: Headers, remainingMs: number | undefined, attempt: Attempt): Promise<R>;
 }
 
 /** What the retry loop needs from the balanced transport. */
@@ -53,7 +54,7 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
       const attempt = await policy.begin(call, headers, remainingMs, tried);
       attempts++;
       try {
-        return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs), attempt };
+        return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs, attempt), attempt };
       } catch (error) {
         const failure = policy.finish(attempt, error);
         tried = new Set([...tried, attempt.pick.peer.url]);
