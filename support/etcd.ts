@@ -36,7 +36,24 @@ export interface StartEtcdOptions {
   readonly tls?: { readonly cert: string; readonly key: string };
 }
 
-export async function startEtcd({ tls }: StartEtcdOptions = {}): Promise<EtcdServer> {
+/**
+ * A throwaway etcd. A port freePort() handed out can be taken by another
+ * process before etcd binds it (tests run in parallel): then it starts again
+ * on other ports.
+ */
+export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startEtcdOnce(options);
+    } catch (error) {
+      if (attempt === 3 || !String(error).includes("address already in use")) {
+        throw error;
+      }
+    }
+  }
+}
+
+async function startEtcdOnce({ tls }: StartEtcdOptions): Promise<EtcdServer> {
   const dataDir = await mkdtemp(join(tmpdir(), "etcd-"));
   const clientPort = await freePort();
   const peerPort = await freePort();
