@@ -21,14 +21,16 @@ describe("outcomeOf", () => {
     ["Internal", error(Code.Internal), false, false, "failed"],
     ["Unknown", error(Code.Unknown), false, false, "failed"],
     ["DataLoss", error(Code.DataLoss), false, false, "failed"],
-    ["a lost or refused connection", error(Code.Unavailable), true, false, "unreachable"],
+    ["a lost connection", error(Code.Unavailable), true, false, "unreachable"],
+    ["a connection that could not be established", error(Code.Unavailable), "not connected", false, "unreached"],
     ["the caller's cancellation", error(Code.Canceled), false, true, "unknown"],
     ["a cancellation that cut a connection attempt", error(Code.Unavailable), true, true, "unknown"],
     ["a passed deadline", error(Code.DeadlineExceeded), false, false, "unknown"],
+    ["a passed deadline while other peers answered faster (a black hole)", error(Code.DeadlineExceeded), "others answered", false, "failed"],
     ["a refused stream (REFUSED_STREAM on a live connection)", error(Code.Unavailable), "refused", false, "unknown"],
   ] as const)("%s → %s", (_name, failure, unreachable, canceled, outcome) => {
-    const kind = { unreachable: unreachable === true, refused: unreachable === "refused" };
-    expect(outcomeOf(failure, kind, canceled)).toBe(outcome);
+    const kind = { unreachable: unreachable === true || unreachable === "not connected", refused: unreachable === "refused", notConnected: unreachable === "not connected" };
+    expect(outcomeOf(failure, kind, canceled, unreachable === "others answered")).toBe(outcome);
   });
 });
 

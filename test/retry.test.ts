@@ -12,11 +12,16 @@ import { RetryBudget } from "../src/transport/retry-budget.js";
 const peers = [1, 2, 3].map((n) => ({ url: `http://10.0.0.${n}:9000`, address: `10.0.0.${n}:9000` }) as Peer);
 
 /** A policy over the three peers whose attempts fail with the given kinds, in turn. */
-function policyFailing(kinds: { unreachable: boolean; retryable: boolean; refused?: boolean }[], budget = new RetryBudget()) {
+function policyFailing(
+  kinds: { unreachable: boolean; retryable: boolean; refused?: boolean; notConnected?: boolean }[],
+  budget = new RetryBudget(),
+  { maxAttempts = 3, fleet = peers } = {},
+) {
+  const peers = fleet;
   const sentTo: string[] = [];
   let n = 0;
   const policy: RetryPolicy = {
-    maxAttempts: 3,
+    maxAttempts,
     budget,
     async begin(_call, _headers, _remainingMs, tried) {
       const peer = peers.find((p) => !tried.has(p.url)) ?? peers[0]!;
@@ -24,7 +29,7 @@ function policyFailing(kinds: { unreachable: boolean; retryable: boolean; refuse
       return { method: UserService.method.getUser, signal: undefined, pick: { peer }, entry: {} as never, started: 0 } as Attempt;
     },
     finish(attempt): AttemptFailure {
-      const kind = { refused: false, ...kinds[Math.min(n++, kinds.length - 1)]! };
+      const kind = { refused: false, notConnected: false, ...kinds[Math.min(n++, kinds.length - 1)]! };
       return { error: new ConnectError(`failed on ${attempt.pick.peer.address}`, Code.Unavailable, undefined, undefined, new ConnectError("down", Code.Unavailable)), kind };
     },
     hasUntried: (tried) => peers.some((p) => !tried.has(p.url)),
@@ -62,6 +67,16 @@ describe("untilResponse", () => {
     expect((await run(policyFailing([{ unreachable: false, retryable: true }], empty), call())).sentTo).toHaveLength(1);
     expect((await run(policyFailing([{ unreachable: true, retryable: true }], empty), call())).sentTo).toHaveLength(3);
     expect((await run(policyFailing([{ unreachable: false, retryable: true, refused: true }], empty), call())).sentTo).toHaveLength(3);
+  });
+
+  it("does not count attempts on peers that could not be reached toward maxAttempts, up to four of them", async () => {
+    const refused = { unreachable: true, retryable: true, notConnected: true };
+    const answered = { unreachable: false, retryable: true };
+    // two departed peers met first, then one that answers Unavailable: maxAttempts 2 still allows one resend after it
+    const fleet = [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => ({ url: `http://10.0.1.${n}:9000`, address: `10.0.1.${n}:9000` }) as Peer);
+    expect((await run(policyFailing([refused, refused, answered], undefined, { maxAttempts: 2, fleet }), call())).sentTo).toHaveLength(4);
+    // a whole fleet refusing: 4 free attempts, then maxAttempts counts
+    expect((await run(policyFailing([refused], undefined, { maxAttempts: 2, fleet }), call())).sentTo).toHaveLength(6);
   });
 
   async function run(setup: ReturnType<typeof policyFailing>, retried: RetriedCall<string>) {

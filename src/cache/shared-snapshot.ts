@@ -12,6 +12,15 @@ import { watchLoop } from "./watch-loop.js";
  */
 const retryAfterMs = 1_000;
 
+/**
+ * The shortest time between two early reads (a peer could not be reached, so
+ * it likely left the registry). It doubles, up to the TTL, each time an early
+ * read finds the registry unchanged: a dead fleet that stays registered
+ * cannot make its clients hammer etcd, while a rolling deploy, which changes
+ * the registry all along, is followed at this pace.
+ */
+const earlyReadGapMs = 1_000;
+
 /** A transport holding the snapshot: told of its events until it releases it. */
 export interface Holder {
   readonly listener: EventListener;
@@ -51,6 +60,9 @@ export class SharedSnapshot {
   private waiting = 0;
   /** A change was seen while a read was in flight: read again once it ends. */
   private readAgain = false;
+  /** Date.now() before which no early read starts, and the gap the next one sets. */
+  private earlyReadAfter = 0;
+  private earlyGapMs = earlyReadGapMs;
   /** The running watch, when the discovery can watch. */
   private watching: AbortController | undefined;
   /**
@@ -126,6 +138,36 @@ export class SharedSnapshot {
       });
     this.inflight = { promise, controller };
     return promise;
+  }
+
+  /**
+   * A peer of the snapshot could not be reached, so it likely left the
+   * registry: reads it again now, unless the registry is watched (changes
+   * arrive by themselves), nothing was read yet, or an early read ran within
+   * the early-read gap. Returns the read in flight, if any.
+   */
+  refreshEarly(waitUntil?: (refresh: Promise<unknown>) => void): Promise<Snapshot> | undefined {
+    const discovery = this.discovery;
+    if (discovery === undefined || this.watching !== undefined || this.state.snapshot === undefined) {
+      return undefined;
+    }
+    if (this.inflight !== undefined) {
+      return this.inflight.promise;
+    }
+    const now = Date.now();
+    if (now < this.earlyReadAfter) {
+      return undefined;
+    }
+    const floorMs = Math.min(earlyReadGapMs, discovery.ttlMs);
+    this.earlyReadAfter = now + Math.max(floorMs, this.earlyGapMs);
+    const before = this.state.revision;
+    const read = this.refresh();
+    const settled = read.then(
+      () => (this.earlyGapMs = this.state.revision === before ? Math.min(2 * this.earlyGapMs, discovery.ttlMs) : floorMs),
+      () => (this.earlyGapMs = Math.min(2 * this.earlyGapMs, discovery.ttlMs)), // reported as a discovery_failed event
+    );
+    waitUntil?.(settled);
+    return read;
   }
 
   /** Whether a transport created later has anything to gain from this entry. */

@@ -1,6 +1,7 @@
 import type { Discovery, Snapshot } from "../discovery/discovery.js";
 import type { EventListener } from "../events.js";
 import { SharedSnapshot, type Holder } from "./shared-snapshot.js";
+import { withinCall } from "./signals.js";
 
 /** A transport's handle on the process-wide snapshot of one service. */
 export interface SnapshotCache {
@@ -14,6 +15,17 @@ export interface SnapshotCache {
   peek(waitUntil?: (refresh: Promise<unknown>) => void): Snapshot | undefined;
   /** Waits for the first snapshot, within the call's signal and timeout. */
   load(signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Snapshot>;
+  /**
+   * A peer could not be reached: reads the registry again early (rate-limited,
+   * and not while watched), handing the read to `waitUntil`.
+   */
+  refreshEarly(waitUntil?: (refresh: Promise<unknown>) => void): void;
+  /**
+   * No peer of the snapshot can be reached: waits, within the call's signal
+   * and timeout, for an early read (or the read in flight) before the call
+   * tries them again. Resolves at once when no read may start now; never rejects.
+   */
+  awaitFreshRead(signal: AbortSignal | undefined, timeoutMs: number | undefined, waitUntil?: (refresh: Promise<unknown>) => void): Promise<void>;
   /** Stops this handle's events; the last release cancels an in-flight read and stops the watch. */
   release(): void;
 }
@@ -67,6 +79,15 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
     load(signal, timeoutMs) {
       const snapshot = entry.peek();
       return snapshot !== undefined ? Promise.resolve(snapshot) : entry.wait(signal, timeoutMs);
+    },
+    refreshEarly(waitUntil) {
+      entry.refreshEarly(waitUntil)?.catch(() => {}); // reported as a discovery_failed event
+    },
+    async awaitFreshRead(signal, timeoutMs, waitUntil) {
+      const read = entry.refreshEarly(waitUntil);
+      if (read !== undefined) {
+        await withinCall(read, service, signal, timeoutMs).catch(() => {}); // the call goes on with what it has
+      }
     },
     release,
   };

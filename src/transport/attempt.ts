@@ -5,8 +5,10 @@ import type { EventListener } from "../events.js";
 import { peerKey, type Peer } from "../peer.js";
 import { deliveryOf, markDelivery } from "./delivery.js";
 import { asPeerFailure, classifyFailure, type FailureKind } from "./failures.js";
+import type { MethodAnswers } from "./method-answers.js";
 import { outcomeOf, type OutlierDetection } from "./outlier-detection.js";
 import type { PeerTransport, PeerTransports } from "./peer-transports.js";
+import type { Reachability } from "./reachability.js";
 import { countEnd } from "./transport-stats.js";
 
 /** One attempt of a call on one peer: from the pick to the end of the response. */
@@ -32,7 +34,11 @@ export interface AttemptScope {
   readonly service: string;
   readonly pool: PeerTransports;
   readonly detection: OutlierDetection | undefined;
+  readonly reachability: Reachability;
+  readonly answers: MethodAnswers;
   readonly onEvent: EventListener;
+  /** A peer could not be reached: it has likely left the registry, which is read again early. */
+  onUnreached(): void;
   /** How many peers there are now: ejection limits are a share of it. */
   peerCount(): number;
   /** Why the balanced transport was closed, once it was: then every failure is that close. */
@@ -68,6 +74,8 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   if (error === undefined) {
     pick.done?.(succeeded, latencyMs);
     countEnd(entry, "alive", latencyMs);
+    scope.reachability.reached(pick.peer);
+    scope.answers.answered(method, pick.peer, now, latencyMs);
     scope.detection?.record(pick.peer, "alive", now, scope.peerCount());
     return undefined;
   }
@@ -75,14 +83,28 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   const failure = closedFailure(scope, error) ?? asPeerFailure(ConnectError.from(error), canceledByCaller);
   pick.done?.({ error: failure }, latencyMs);
   const kind = classifyFailure(failure, method);
-  const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled");
+  // A deadline before any answer: a black hole if another peer answered the method meanwhile, faster.
+  const unanswered = failure.code === Code.DeadlineExceeded && attempt.responded === undefined;
+  const othersAnswered = unanswered && scope.answers.answeredElsewhere(method, pick.peer, now, now - started);
+  const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled", othersAnswered);
   countEnd(entry, outcome);
-  const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
-  if (forMs !== undefined) {
-    const reason = outcome === "unreachable" ? "unreachable" : "consecutive_failures";
-    scope.onEvent({ type: "peer_ejected", service: scope.service, address: pick.peer.address, forMs, reason, error: failure });
+  if (outcome === "unreached") {
+    reportEjection(scope, pick.peer, "unreachable", scope.reachability.unreached(pick.peer, now), failure);
+    scope.onUnreached();
+  } else {
+    if (outcome !== "unknown") {
+      scope.reachability.reached(pick.peer);
+    }
+    const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
+    reportEjection(scope, pick.peer, outcome === "unreachable" ? "unreachable" : "consecutive_failures", forMs, failure);
   }
   return { error: attributeToPeer(failure, pick.peer, scope.service), kind };
+}
+
+function reportEjection(scope: AttemptScope, peer: Peer, reason: "unreachable" | "consecutive_failures", forMs: number | undefined, error: ConnectError): void {
+  if (forMs !== undefined) {
+    scope.onEvent({ type: "peer_ejected", service: scope.service, address: peer.address, forMs, reason, error });
+  }
 }
 
 /**

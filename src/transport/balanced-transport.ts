@@ -21,7 +21,9 @@ import { beginAttempt, finishAttempt, type AttemptScope } from "./attempt.js";
 import { markDelivery } from "./delivery.js";
 import { HealthyPicker, pickUntried } from "./healthy-picker.js";
 import { invoke } from "./invoke.js";
+import { MethodAnswers } from "./method-answers.js";
 import { OutlierDetection, type OutlierDetectionOptions } from "./outlier-detection.js";
+import { Reachability } from "./reachability.js";
 import { untilResponse, type RetryPolicy } from "./retry.js";
 import { RetryBudget } from "./retry-budget.js";
 import { parseServiceName } from "./service-name.js";
@@ -74,6 +76,17 @@ export interface BalancedTransportOptions {
    * since the failed peer is ejected at once.
    */
   readonly maxAttempts?: number;
+  /**
+   * Deadline in ms of unary calls that set none (default: none). A call
+   * without a deadline waits as long as its peer keeps the stream open: a
+   * peer that accepts calls and never answers (a deadlocked server, a
+   * flow-control window of 0) holds it for ever. Calls with a deadline are
+   * safe from that, and such a peer is taken out of rotation once it lets a
+   * few of them run out while others answer. kratos' clients default to
+   * 2,000 ms. A call's own `timeoutMs` wins; 0 there means none, as in
+   * connect. Streams are left alone: they may rightly stay open for hours.
+   */
+  readonly defaultTimeoutMs?: number;
   /**
    * When peers get no calls for a while (see OutlierDetectionOptions for the
    * defaults and why): at once when unreachable, after 5 consecutive
@@ -141,6 +154,10 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
     throw new ConnectError(`createBalancedTransport: maxAttempts must be an integer ≥ 1, got ${maxAttempts}`, Code.InvalidArgument);
   }
+  const { defaultTimeoutMs } = options;
+  if (defaultTimeoutMs !== undefined && !(defaultTimeoutMs > 0 && Number.isFinite(defaultTimeoutMs))) {
+    throw new ConnectError(`createBalancedTransport: defaultTimeoutMs must be a positive number of ms, got ${defaultTimeoutMs}`, Code.InvalidArgument);
+  }
   const balancer = resolveBalancer(options.balancer);
   const interceptors = options.interceptors ?? [];
   const listener = options.onEvent ?? logProblems;
@@ -151,10 +168,21 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
   const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
-  const healthy = new HealthyPicker(balancer, detection);
+  const reachability = new Reachability();
+  const healthy = new HealthyPicker(balancer, detection, reachability);
   let peerSet: PeerSet | undefined;
   let closedBy: ConnectError | undefined;
-  const scope: AttemptScope = { service, pool, detection, onEvent, peerCount: () => peerSet?.peers.length ?? 1, closedBy: () => closedBy };
+  const scope: AttemptScope = {
+    service,
+    pool,
+    detection,
+    reachability,
+    answers: new MethodAnswers(),
+    onEvent,
+    onUnreached: () => cache.refreshEarly(options.waitUntil),
+    peerCount: () => peerSet?.peers.length ?? 1,
+    closedBy: () => closedBy,
+  };
 
   /** The peers to call now and their picker; Unavailable, saying why, when there are none. */
   async function usablePeers(signal: AbortSignal | undefined, timeoutMs: number | undefined) {
@@ -165,6 +193,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where, allow);
       pool.retain(peerSet.peers);
       detection?.retain(peerSet.peers);
+      reachability.retain(peerSet.peers);
     }
     if (!("pick" in peerSet)) {
       throw new ConnectError(peerSet.unavailable, Code.Unavailable);
@@ -182,8 +211,15 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     maxAttempts,
     budget: new RetryBudget(),
     async begin(call, header, remainingMs, tried) {
-      const set = await usablePeers(call.signal, remainingMs);
-      const pick = pickUntried(healthy.over(set, performance.now()), set.peers, { method: call.method, header, contextValues: call.contextValues }, tried);
+      let set = await usablePeers(call.signal, remainingMs);
+      let pickable = healthy.over(set, performance.now());
+      if (pickable.noneReachable === true) {
+        // Every peer refused: the registry likely moved on. Read it before trying them again.
+        await cache.awaitFreshRead(call.signal, remainingMs, options.waitUntil);
+        set = await usablePeers(call.signal, remainingMs);
+        pickable = healthy.over(set, performance.now());
+      }
+      const pick = pickUntried(pickable, set.peers, { method: call.method, header, contextValues: call.contextValues }, tried);
       return beginAttempt(scope, pick, call.method, call.signal, call.contextValues);
     },
     finish: (attempt, error) => finishAttempt(scope, attempt, error)!,
@@ -205,7 +241,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       const { response, attempt } = await untilResponse(retryPolicy, {
         method,
         signal,
-        timeoutMs,
+        timeoutMs: timeoutMs === undefined ? defaultTimeoutMs : timeoutMs > 0 ? timeoutMs : undefined, // 0: none, as connect
         header,
         contextValues: values,
         resendable: true,
@@ -263,7 +299,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       if (closedBy !== undefined) {
         return []; // the counters went with the per-peer transports
       }
-      return statsOf(peerSet?.peers ?? [], (peer) => pool.find(peer), detection, performance.now());
+      return statsOf(peerSet?.peers ?? [], (peer) => pool.find(peer), detection, reachability, performance.now());
     },
 
     async close() {

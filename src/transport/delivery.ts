@@ -42,3 +42,29 @@ export function deliveryOf(error: unknown): Delivery | undefined {
   }
   return undefined;
 }
+
+const notConnectedMark = Symbol.for("connect-etcd-balancer.not-connected");
+
+/**
+ * Marks an error as the peer's connection never being established (refused,
+ * timed out, a failed TLS handshake): the peer, not only this call, is out
+ * of reach, so it leaves the picker until it can be reached again.
+ */
+export function markNotConnected<E>(error: E): E {
+  if (typeof error === "object" && error !== null) {
+    Object.defineProperty(error, notConnectedMark, { value: true, configurable: true });
+  }
+  return error;
+}
+
+/** Whether the error, or an error in its cause chain, was marked by markNotConnected(). */
+export function isNotConnected(error: unknown): boolean {
+  let current = error;
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    if ((current as { [notConnectedMark]?: boolean })[notConnectedMark] === true) {
+      return true;
+    }
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}

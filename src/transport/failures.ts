@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { deliveryOf, markDelivery } from "./delivery.js";
+import { deliveryOf, isNotConnected, markDelivery } from "./delivery.js";
 
 /** System error codes raised before a request could reach the peer at all (Node's names; fetch wraps them as `cause`). */
 const notConnectedCodes = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "ENOTFOUND", "EAI_AGAIN"]);
@@ -24,9 +24,16 @@ export interface FailureKind {
    * streams after a storm of our own cancellations.
    */
   readonly refused: boolean;
+  /**
+   * The connection to the peer could not be established (refused, timed out,
+   * a failed handshake): the peer leaves the picker whatever the number of
+   * such peers, until a reconnect succeeds, and the registry is read again
+   * early — it is likely gone from it.
+   */
+  readonly notConnected: boolean;
 }
 
-const ordinary: FailureKind = { unreachable: false, retryable: false, refused: false };
+const ordinary: FailureKind = { unreachable: false, retryable: false, refused: false, notConnected: false };
 
 export function classifyFailure(error: ConnectError, method: DescMethod): FailureKind {
   const delivery = deliveryOf(error);
@@ -34,16 +41,17 @@ export function classifyFailure(error: ConnectError, method: DescMethod): Failur
     return ordinary;
   }
   if ([error, ...causes(error)].some(isRefusedStream)) {
-    return { unreachable: false, retryable: true, refused: true };
+    return { unreachable: false, retryable: true, refused: true, notConnected: false };
   }
-  if (delivery === "unprocessed" || neverSent(error)) {
-    return { unreachable: true, retryable: true, refused: false };
+  const notConnected = isNotConnected(error) || neverSent(error);
+  if (delivery === "unprocessed" || notConnected) {
+    return { unreachable: true, retryable: true, refused: false, notConnected };
   }
   if (delivery === "lost") {
-    return { unreachable: true, retryable: isIdempotent(method), refused: false };
+    return { unreachable: true, retryable: isIdempotent(method), refused: false, notConnected: false };
   }
   if (error.code === Code.Unavailable) {
-    return { unreachable: false, retryable: isIdempotent(method), refused: false };
+    return { unreachable: false, retryable: isIdempotent(method), refused: false, notConnected: false };
   }
   return ordinary;
 }

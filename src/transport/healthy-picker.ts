@@ -2,43 +2,57 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { Balancer, CallResult, Pick, Picker, PickRequest } from "../balancer/balancer.js";
 import type { Peer } from "../peer.js";
 import type { OutlierDetection } from "./outlier-detection.js";
+import type { Reachability } from "./reachability.js";
 
 /** Peers to pick from and the picker over them. */
 export interface PickablePeers {
   readonly peers: readonly Peer[];
   readonly pick: Picker;
+  /** Every peer is out of reach: the picker is over all of them all the same, and a fresh registry read is worth waiting for. */
+  readonly noneReachable?: boolean;
 }
 
 /**
  * Chooses healthy peers before the pick, not after: the policy's picker is
- * built over the peers that are not ejected, and rebuilt only when an
- * ejection starts or ends — so weights and ring-hash affinity hold for the
- * healthy peers while one is out. Below the panic threshold every peer is
- * used again.
+ * built over the peers that can be reached and are not ejected, and rebuilt
+ * only when one leaves or comes back — so weights and ring-hash affinity hold
+ * for the others while one is out. Peers out of reach are left out whatever
+ * their number (with none left, every peer is tried again); outlier
+ * detection's ejections only down to the panic threshold, below which the
+ * reachable peers are all used again.
  */
 export class HealthyPicker {
-  private built: (PickablePeers & { readonly all: PickablePeers; readonly version: number }) | undefined;
+  private built: (PickablePeers & { readonly all: PickablePeers; readonly reachVersion: number; readonly ejectVersion: number }) | undefined;
 
   constructor(
     private readonly balancer: Balancer,
     private readonly detection: OutlierDetection | undefined,
+    private readonly reachability: Reachability,
   ) {}
 
   over(all: PickablePeers, now: number): PickablePeers {
-    const detection = this.detection;
-    if (detection === undefined) {
-      return all;
-    }
-    detection.expire(now);
+    const { detection, reachability } = this;
+    detection?.expire(now);
+    reachability.expire(now);
+    const reachVersion = reachability.version;
+    const ejectVersion = detection?.version ?? 0;
     const built = this.built;
-    if (built !== undefined && built.all === all && built.version === detection.version) {
+    if (built !== undefined && built.all === all && built.reachVersion === reachVersion && built.ejectVersion === ejectVersion) {
       return built;
     }
-    const healthy = all.peers.filter((peer) => !detection.isEjected(peer));
-    const panic = healthy.length * 100 < all.peers.length * detection.panicThresholdPercent;
-    const chosen = panic || healthy.length === all.peers.length ? all : { peers: healthy, pick: this.balancer.build(healthy) };
-    this.built = { ...chosen, all, version: detection.version };
+    this.built = { ...this.choose(all, detection, reachability), all, reachVersion, ejectVersion };
     return this.built;
+  }
+
+  private choose(all: PickablePeers, detection: OutlierDetection | undefined, reachability: Reachability): PickablePeers {
+    const reachable = all.peers.filter((peer) => !reachability.isOut(peer));
+    if (reachable.length === 0) {
+      return { ...all, noneReachable: true };
+    }
+    const healthy = detection === undefined ? reachable : reachable.filter((peer) => !detection.isEjected(peer));
+    const panic = detection !== undefined && healthy.length * 100 < reachable.length * detection.panicThresholdPercent;
+    const chosen = panic ? reachable : healthy;
+    return chosen.length === all.peers.length ? all : { peers: chosen, pick: this.balancer.build(chosen) };
   }
 }
 

@@ -28,23 +28,39 @@ export interface OutlierDetectionOptions {
   readonly panicThresholdPercent?: number;
 }
 
-/** What a call's end says about its peer's health. */
-export type PeerOutcome = "alive" | "failed" | "unreachable" | "unknown";
+/**
+ * What a call's end says about its peer's health. "unreached": its connection
+ * could not be established, which the transport's reachability handles (the
+ * peer leaves the picker until it reconnects), not outlier detection.
+ */
+export type PeerOutcome = "alive" | "failed" | "unreachable" | "unreached" | "unknown";
 
 /**
  * What the end of a call says about the peer: a success or an application
  * error (NotFound, InvalidArgument…) shows a working server; a caller's
- * cancellation, a passed deadline and a refused stream say nothing.
+ * cancellation and a refused stream say nothing. A passed deadline says
+ * nothing either, unless `otherPeersAnswered`: another peer answered the same
+ * method in less time while this call waited, so this peer is a black hole.
  */
-export function outcomeOf(error: ConnectError | undefined, kind: { unreachable: boolean; refused: boolean }, canceledByCaller: boolean): PeerOutcome {
+export function outcomeOf(
+  error: ConnectError | undefined,
+  kind: { unreachable: boolean; refused: boolean; notConnected: boolean },
+  canceledByCaller: boolean,
+  otherPeersAnswered = false,
+): PeerOutcome {
   if (error === undefined) {
     return "alive";
   }
-  if (canceledByCaller || kind.refused || error.code === Code.DeadlineExceeded) {
+  if (canceledByCaller || kind.refused) {
     return "unknown";
   }
-  const { unreachable } = kind;
-  if (unreachable) {
+  if (error.code === Code.DeadlineExceeded) {
+    return otherPeersAnswered ? "failed" : "unknown";
+  }
+  if (kind.notConnected) {
+    return "unreached";
+  }
+  if (kind.unreachable) {
     return "unreachable";
   }
   return isPeerFailure(error) ? "failed" : "alive"; // A50's and Envoy's 5xx: Unavailable, Internal, Unknown, DataLoss
@@ -90,7 +106,7 @@ export class OutlierDetection {
    */
   record(peer: Peer, outcome: PeerOutcome, now: number, peerCount: number): number | undefined {
     // a peer that left the registry (its last calls end after it) must not take an ejection slot
-    if (outcome === "unknown" || (this.live !== undefined && !this.live.has(peer.url))) {
+    if (outcome === "unknown" || outcome === "unreached" || (this.live !== undefined && !this.live.has(peer.url))) {
       return undefined;
     }
     this.expire(now); // an ejection that ran out must end before the peer can be ejected again

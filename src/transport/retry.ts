@@ -32,31 +32,44 @@ export interface RetryPolicy {
 const noneTried: ReadonlySet<string> = new Set<string>();
 
 /**
+ * Attempts on peers that could not be reached, per call, that do not count
+ * toward maxAttempts: the request never left, and each such peer leaves the
+ * picker at once, so during a rolling deploy a call is not failed by the
+ * departed instances it met first. Bounded, as a failing network must not
+ * make one call try a whole fleet.
+ */
+const maxUnreachedAttempts = 4;
+
+/**
  * Sends a call, and sends it again to another peer while that is safe and
  * allowed — the failure says the request can be resent, attempts are left,
  * the caller has not aborted, the deadline has not passed, a peer is left to
  * try, and the retry budget allows it (resends after a connection failure
- * are not counted: that peer is ejected at once) — until a peer answers. The
- * attempt that answered is returned still open: the caller finishes it.
+ * are not counted: that peer is ejected at once) — until a peer answers.
+ * Attempts on peers that could not be reached do not count toward
+ * maxAttempts (up to maxUnreachedAttempts). The attempt that answered is
+ * returned still open: the caller finishes it.
  */
 export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>): Promise<{ response: R; attempt: Attempt }> {
   const deadline = call.timeoutMs === undefined ? undefined : performance.now() + call.timeoutMs;
   let tried = noneTried; // allocated on the first failure: most calls have none
   let earlier: string[] | undefined;
   let attempts = 0;
+  let unreached = 0;
   let retries = 0;
   policy.budget.callStarted();
   try {
     for (;;) {
       // each attempt starts from the caller's headers, whatever interceptors added last time
       const headers = requestHeader(call.header);
-      const remainingMs = deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
-      const attempt = await policy.begin(call, headers, remainingMs, tried);
-      attempts++;
+      const attempt = await policy.begin(call, headers, remainingOf(deadline), tried);
       try {
-        return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingMs, attempt), attempt };
+        return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingOf(deadline), attempt), attempt };
       } catch (error) {
         const failure = policy.finish(attempt, error);
+        if (!failure.kind.notConnected || ++unreached > maxUnreachedAttempts) {
+          attempts++;
+        }
         tried = new Set([...tried, attempt.pick.peer.url]);
         const timeLeft = deadline === undefined || deadline - performance.now() > 0;
         const worthRetrying =
@@ -72,6 +85,11 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
   } finally {
     policy.budget.callEnded(retries);
   }
+}
+
+/** The time left until the deadline in whole ms, at least 1; undefined without a deadline. */
+function remainingOf(deadline: number | undefined): number | undefined {
+  return deadline === undefined ? undefined : Math.max(1, Math.round(deadline - performance.now()));
 }
 
 /** The error of the last attempt, its message also saying how each earlier attempt failed. */

@@ -1,5 +1,6 @@
 import type { Peer } from "../peer.js";
 import type { OutlierDetection, PeerOutcome } from "./outlier-detection.js";
+import type { Reachability } from "./reachability.js";
 
 /**
  * What `transport.stats()` tells about one peer, for health endpoints and
@@ -34,9 +35,10 @@ export interface PeerStats {
    */
   readonly latencyMs: number | null;
   /**
-   * Outlier detection keeps the peer out of the picks now (below the panic
-   * threshold every peer gets calls again all the same); always false with
-   * `outlierDetection: false`.
+   * The peer gets no calls now: its connection could not be established (it
+   * comes back, to be tried again, after a backoff of 1 s growing to 120 s),
+   * or outlier detection ejected it (below the panic threshold every
+   * reachable peer gets calls again all the same).
    */
   readonly ejected: boolean;
 }
@@ -53,7 +55,7 @@ const latencyWeight = 1 / 8;
 
 /** Counts how an attempt ended: a failure held against the peer, or the latency of a success. */
 export function countEnd(counters: AttemptCounters, outcome: PeerOutcome, succeededInMs?: number): void {
-  if (outcome === "failed" || outcome === "unreachable") {
+  if (outcome === "failed" || outcome === "unreachable" || outcome === "unreached") {
     counters.failures++;
   } else if (succeededInMs !== undefined) {
     const average = counters.latencyMs;
@@ -66,9 +68,11 @@ export function statsOf(
   peers: readonly Peer[],
   countersOf: (peer: Peer) => (AttemptCounters & { readonly inflight: number }) | undefined,
   detection: OutlierDetection | undefined,
+  reachability: Reachability,
   now: number,
 ): PeerStats[] {
   detection?.expire(now); // an ejection whose time is up shows as over
+  reachability.expire(now);
   return peers.map((peer) => {
     const counters = countersOf(peer);
     return Object.freeze({
@@ -78,7 +82,7 @@ export function statsOf(
       failures: counters?.failures ?? 0,
       inflight: counters?.inflight ?? 0,
       latencyMs: counters?.latencyMs ?? null,
-      ejected: detection?.isEjected(peer) ?? false,
+      ejected: reachability.isOut(peer) || (detection?.isEjected(peer) ?? false),
     });
   });
 }

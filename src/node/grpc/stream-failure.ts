@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { markDelivery } from "../../transport/delivery.js";
+import { markDelivery, markNotConnected } from "../../transport/delivery.js";
 
 /** What is known about a stream that ended without a gRPC status. */
 export interface EndedStream {
@@ -31,7 +31,7 @@ export function streamFailure(ended: EndedStream): ConnectError {
   if (!ended.connected) {
     // Node cancels the pending stream "caused by" the connection's error: name that one.
     const connectError = cause?.cause instanceof Error ? cause.cause : cause;
-    return unavailable(`cannot connect to ${address}: ${connectError?.message ?? why}`, "unprocessed", connectError);
+    return markNotConnected(unavailable(`cannot connect to ${address}: ${connectError?.message ?? why}`, "unprocessed", connectError));
   }
   if (streamId === undefined) {
     return unavailable(`request not sent to ${address}: ${why}`, "unprocessed", cause);

@@ -1,0 +1,106 @@
+// A peer that accepts calls and never answers them (headers, then nothing),
+// beside peers that answer: deadlines run out on it, and that must take it
+// out of rotation — but a deadline too tight for every peer ejects nobody.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { afterEach, describe, expect, it } from "vitest";
+import { Code } from "@connectrpc/connect";
+import { UserService } from "../gen/demo/user/v1/user_pb.js";
+import { createBalancedTransport, createPeerClient, staticDiscovery, type BalancedTransport } from "../src/index.js";
+import { nodeHttp2Transport } from "../src/node/index.js";
+import { countBy, eventRecorder, rejection } from "./helpers.js";
+
+const children: ChildProcess[] = [];
+const transports: BalancedTransport[] = [];
+
+afterEach(async () => {
+  await Promise.all(transports.splice(0).map((t) => t.close()));
+  await Promise.all(
+    children.splice(0).map((child) => {
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.stdin!.end();
+      return exited;
+    }),
+  );
+});
+
+/** Starts the fixture's servers, one per mode, in a child process; resolves to their addresses. */
+async function peers(...modes: string[]): Promise<string[]> {
+  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/unanswering-peers.ts", ...modes], { stdio: ["pipe", "pipe", "inherit"] });
+  children.push(child);
+  const [line] = await new Promise<string[]>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once("line", (first) => resolve([first]));
+    child.once("exit", () => reject(new Error("the peers' process exited")));
+  });
+  return (JSON.parse(line!) as number[]).map((port) => `127.0.0.1:${port}`);
+}
+
+function balanced(addresses: readonly string[], options: Partial<Parameters<typeof createBalancedTransport>[0]> = {}) {
+  const transport = createBalancedTransport({
+    service: "black-hole-service",
+    discovery: staticDiscovery(addresses.map((a) => `grpc://${a}`)),
+    transport: nodeHttp2Transport(),
+    ...options,
+  });
+  transports.push(transport);
+  return transport;
+}
+
+describe("a peer that answers headers and never finishes", () => {
+  it("is out of rotation after a few calls ran out of time on it while the others answered", async () => {
+    const [good1, good2, hole] = await peers("slow:1", "slow:1", "black-hole");
+    const recorder = eventRecorder();
+    const users = createPeerClient(UserService, balanced([good1!, good2!, hole!], { onEvent: recorder.onEvent }));
+    const failed: string[] = [];
+    const served: string[] = [];
+    const caller = async (calls: number) => {
+      for (let i = 0; i < calls; i++) {
+        try {
+          served.push((await users.getUser({ id: String(i) }, { timeoutMs: 300 })).message.servedBy);
+        } catch (error) {
+          failed.push((error as Error).message);
+        }
+      }
+    };
+    await Promise.all([caller(50), caller(50), caller(50), caller(50)]);
+    expect(failed.length).toBeLessThanOrEqual(15);
+    expect(failed.length).toBeGreaterThan(0);
+    for (const message of failed) {
+      expect(message).toContain(`[deadline_exceeded]`);
+      expect(message).toContain(`peer ${hole} of "black-hole-service"`);
+    }
+    expect(served.length + failed.length).toBe(200);
+    expect(Object.keys(countBy(served)).sort()).toEqual([good1, good2].sort());
+    expect(recorder.events.filter((e) => e.type === "peer_ejected")).toEqual([
+      expect.objectContaining({ address: hole, reason: "consecutive_failures", forMs: 30_000 }),
+    ]);
+    // the calls already on their way to it when the fifth ran out fail too
+    expect(transports[0]!.stats().find((s) => s.address === hole)).toEqual(expect.objectContaining({ ejected: true, failures: failed.length }));
+  });
+
+  it("ejects nobody when the deadline is too tight for every peer", async () => {
+    const slow = await peers("slow:150", "slow:150", "slow:150");
+    const recorder = eventRecorder();
+    const users = createPeerClient(UserService, balanced(slow, { onEvent: recorder.onEvent }));
+    for (let i = 0; i < 24; i++) {
+      expect((await rejection(users.getUser({ id: "1" }, { timeoutMs: 50 }))).code).toBe(Code.DeadlineExceeded);
+    }
+    expect(recorder.events.filter((e) => e.type === "peer_ejected")).toEqual([]);
+    const served = [];
+    for (let i = 0; i < 6; i++) {
+      served.push((await users.getUser({ id: "1" }, { timeoutMs: 2_000 })).message.servedBy);
+    }
+    expect(Object.keys(countBy(served)).sort()).toEqual([...slow].sort());
+  });
+
+  it("holds a call without a deadline only as long as defaultTimeoutMs", async () => {
+    const [hole] = await peers("black-hole");
+    const users = createPeerClient(UserService, balanced([hole!], { defaultTimeoutMs: 200, onEvent: () => {} }));
+    const started = performance.now();
+    const error = await rejection(users.getUser({ id: "1" }));
+    expect(error.code).toBe(Code.DeadlineExceeded);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(190);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(() => balanced([hole!], { defaultTimeoutMs: -1 })).toThrow(/defaultTimeoutMs must be a positive number of ms, got -1/);
+  });
+});
