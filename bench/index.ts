@@ -12,6 +12,8 @@ import { decodeSnapshot } from "../src/discovery/decode.js";
 import { resolveFormat } from "../src/registry/format.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
 import { bundleUniversalEntry } from "../support/bundle.js";
+import { startEtcd } from "../support/etcd.js";
+import { runRollingDeploy } from "../support/rolling-deploy.js";
 import { startUserServer } from "../support/user-server.js";
 import { balancedNodeHttp2, bareNodeHttp2, compareClients, connectNodeGrpc, grpcJsRoundRobin, printComparison, startEchoServersProcess, type GrpcComparison } from "./grpc-clients.js";
 import { pickScaleCandidates, printPickScale } from "./pick-scale.js";
@@ -226,6 +228,27 @@ function report(title: string, results: Record<string, number>, baseline?: strin
       20,
     ),
   );
+}
+
+// 5b. A fast rolling deploy (issue 13's scenario): 10 instances in a process
+// of their own, one replaced every 0.5 s for 20 s (each deregistered before
+// it stops), 4 callers calling GetUser in a loop through one transport with
+// nodeHttp2Transport(); the default polling (ttlMs 10 s) against the watch.
+{
+  console.log("\nrolling deploy: 10 instances, one replaced every 0.5 s for 20 s, 4 callers; failed calls (2 runs each, interleaved)");
+  const etcd = await startEtcd();
+  try {
+    for (let run = 0; run < 2; run++) {
+      for (const watch of [false, true]) {
+        const result = await runRollingDeploy({ etcdEndpoint: etcd.endpoint, service: `rolling-${run}-${watch}`, watch });
+        const share = ((100 * result.failed) / result.calls).toFixed(3);
+        const kinds = Object.entries(result.errors).map(([message, n]) => `${n}× ${message.slice(0, 120)}`);
+        console.log(`  ${(watch ? "watch" : "polling (default)").padEnd(18)} ${String(result.failed).padStart(5)} of ${result.calls} calls failed (${share} %), ${result.replaced} replaced${kinds.length > 0 ? `; ${kinds.join("; ")}` : ""}`);
+      }
+    }
+  } finally {
+    await etcd.stop();
+  }
 }
 
 // 6. What an edge bundle carries (peer dependencies @connectrpc/* and @bufbuild/* left external).

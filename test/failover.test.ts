@@ -6,8 +6,9 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 import { createBalancedTransport, createPeerClient, etcdDiscovery, hashKey, peerKey, type BalancedTransport } from "../src/index.js";
 import { fetchTransport } from "../src/fetch/index.js";
+import { nodeHttp2Transport } from "../src/node/index.js";
 import { rangeCountAt, startEtcd, type EtcdServer } from "../support/etcd.js";
-import { registerKratos } from "../support/registry.js";
+import { deleteKey, registerKratos } from "../support/registry.js";
 import { startUserServer, type UserServer } from "../support/user-server.js";
 import { countBy, eventRecorder, rejection } from "./helpers.js";
 
@@ -205,6 +206,27 @@ describe("an instance that crashed but is still registered", () => {
       expect((await users.getUser({ id: "1" })).message.servedBy).toBe(live!.address);
     }
     expect(recorder.events.filter((e) => e.type === "peer_ejected").map((e) => e.type === "peer_ejected" && e.address)).toEqual([dead!.address]);
+  });
+});
+
+describe("an instance that deregistered and stopped, with the default polling (ttlMs 10 s)", () => {
+  it("makes the transport read etcd early: the instance registered meanwhile gets calls at once, not after the TTL", async () => {
+    const service = "replaced-service";
+    const [old] = await instances(service, [{}]);
+    const users = createPeerClient(UserService, balanced(service, { transport: nodeHttp2Transport(), onEvent: () => {} }));
+    expect((await users.getUser({ id: "1" })).message.servedBy).toBe(old!.address); // the snapshot is read
+    const readsBefore = await rangeCountAt(etcd.endpoint);
+    // a rolling deploy: the new instance registers, the old one deregisters and stops
+    const fresh = await startUserServer();
+    servers.push(fresh);
+    await registerKratos(etcd.endpoint, { id: `${service}-new`, name: service, version: "v1", metadata: null, endpoints: [`grpc://${fresh.address}`] });
+    await deleteKey(etcd.endpoint, `/microservices/${service}/${service}-0`);
+    await old!.stop();
+    const started = performance.now();
+    // the cached snapshot lists only the old instance: the refusal brings the read, and the call waits for it
+    expect((await users.getUser({ id: "2" }, { timeoutMs: 2_000 })).message.servedBy).toBe(fresh.address);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect((await rangeCountAt(etcd.endpoint)) - readsBefore).toBe(1);
   });
 });
 

@@ -32,6 +32,7 @@ function policyFailing(
       const kind = { refused: false, notConnected: false, ...kinds[Math.min(n++, kinds.length - 1)]! };
       return { error: new ConnectError(`failed on ${attempt.pick.peer.address}`, Code.Unavailable, undefined, undefined, new ConnectError("down", Code.Unavailable)), kind };
     },
+    awaitFreshRead: async () => {},
     hasUntried: (tried) => peers.some((p) => !tried.has(p.url)),
   };
   return { policy, sentTo };
@@ -77,6 +78,20 @@ describe("untilResponse", () => {
     expect((await run(policyFailing([refused, refused, answered], undefined, { maxAttempts: 2, fleet }), call())).sentTo).toHaveLength(4);
     // a whole fleet refusing: 4 free attempts, then maxAttempts counts
     expect((await run(policyFailing([refused], undefined, { maxAttempts: 2, fleet }), call())).sentTo).toHaveLength(6);
+  });
+
+  it("reads the registry once more when every known peer was tried and is gone, and tries a peer it brought", async () => {
+    const setup = policyFailing([{ unreachable: true, retryable: true, notConnected: true }], undefined, { fleet: [peers[0]!] });
+    let reads = 0;
+    setup.policy.awaitFreshRead = async () => void reads++;
+    await run(setup, call());
+    expect({ reads, sentTo: setup.sentTo }).toEqual({ reads: 1, sentTo: ["10.0.0.1:9000"] }); // the read brought nobody new
+    // a read that brings a new peer: the call goes on to it
+    const grown = [peers[0]!];
+    const growing = policyFailing([{ unreachable: true, retryable: true, notConnected: true }], undefined, { fleet: grown });
+    growing.policy.awaitFreshRead = async () => void grown.push(peers[1]!);
+    await run(growing, call());
+    expect(growing.sentTo).toEqual(["10.0.0.1:9000", "10.0.0.2:9000"]);
   });
 
   async function run(setup: ReturnType<typeof policyFailing>, retried: RetriedCall<string>) {

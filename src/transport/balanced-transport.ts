@@ -223,6 +223,10 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       return beginAttempt(scope, pick, call.method, call.signal, call.contextValues);
     },
     finish: (attempt, error) => finishAttempt(scope, attempt, error)!,
+    async awaitFreshRead(call, remainingMs) {
+      await cache.awaitFreshRead(call.signal, remainingMs, options.waitUntil);
+      await usablePeers(call.signal, remainingMs).catch(() => {}); // the new peers, if any; the last failure stands otherwise
+    },
     hasUntried: (tried) => peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url)),
   };
 

@@ -25,6 +25,8 @@ export interface RetryPolicy {
   /** Picks a peer this call has not tried while there is one, and starts an attempt on it. */
   begin(call: RetriedCall<unknown>, headers: Headers, remainingMs: number | undefined, tried: ReadonlySet<string>): Promise<Attempt>;
   finish(attempt: Attempt, error: unknown): AttemptFailure;
+  /** Waits (within the call) for a fresh registry read, where one may start now; never rejects. */
+  awaitFreshRead(call: RetriedCall<unknown>, remainingMs: number | undefined): Promise<void>;
   /** Whether the current peers include one not in `tried`. */
   hasUntried(tried: ReadonlySet<string>): boolean;
 }
@@ -56,6 +58,7 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
   let earlier: string[] | undefined;
   let attempts = 0;
   let unreached = 0;
+  let reread = false;
   let retries = 0;
   policy.budget.callStarted();
   try {
@@ -71,10 +74,15 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
           attempts++;
         }
         tried = new Set([...tried, attempt.pick.peer.url]);
-        const timeLeft = deadline === undefined || deadline - performance.now() > 0;
-        const worthRetrying =
-          call.resendable && failure.kind.retryable && attempts < policy.maxAttempts && call.signal?.aborted !== true && timeLeft && policy.hasUntried(tried);
         const free = failure.kind.unreachable || failure.kind.refused; // never reached a server, or a dead one
+        const allowed = call.resendable && failure.kind.retryable && attempts < policy.maxAttempts && call.signal?.aborted !== true;
+        if (allowed && free && !reread && !policy.hasUntried(tried)) {
+          // Every peer known was tried and is gone: the registry has likely moved on. Read it once before giving up.
+          reread = true;
+          await policy.awaitFreshRead(call, remainingOf(deadline));
+        }
+        const timeLeft = deadline === undefined || deadline - performance.now() > 0;
+        const worthRetrying = allowed && timeLeft && policy.hasUntried(tried);
         if (!worthRetrying || !(free || policy.budget.tryRetry())) {
           throw earlier === undefined ? failure.error : withEarlierAttempts(failure.error, earlier);
         }
