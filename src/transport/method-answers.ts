@@ -1,11 +1,14 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import type { Peer } from "../peer.js";
 
-interface LastAnswer {
-  readonly url: string;
-  /** performance.now() when the answer came. */
-  readonly at: number;
-  readonly latencyMs: number;
+/** The last answer to a method, and the last one before it from another peer; updated in place, so a call allocates nothing. */
+interface Answers {
+  lastUrl: string;
+  lastAt: number;
+  lastLatencyMs: number;
+  otherUrl: string | undefined;
+  otherAt: number;
+  otherLatencyMs: number;
 }
 
 /** How recent another peer's answer must be to say that the deadline was not too tight. */
@@ -21,19 +24,22 @@ const recentMs = 10_000;
  * another peer than that), so the memory is bounded by the methods called.
  */
 export class MethodAnswers {
-  private readonly byMethod = new WeakMap<DescMethod, { last: LastAnswer; other: LastAnswer | undefined }>();
+  private readonly byMethod = new WeakMap<DescMethod, Answers>();
 
   answered(method: DescMethod, peer: Peer, at: number, latencyMs: number): void {
-    const answer = { url: peer.url, at, latencyMs };
     const seen = this.byMethod.get(method);
     if (seen === undefined) {
-      this.byMethod.set(method, { last: answer, other: undefined });
-    } else {
-      if (seen.last.url !== peer.url) {
-        seen.other = seen.last;
-      }
-      seen.last = answer;
+      this.byMethod.set(method, { lastUrl: peer.url, lastAt: at, lastLatencyMs: latencyMs, otherUrl: undefined, otherAt: 0, otherLatencyMs: 0 });
+      return;
     }
+    if (seen.lastUrl !== peer.url) {
+      seen.otherUrl = seen.lastUrl;
+      seen.otherAt = seen.lastAt;
+      seen.otherLatencyMs = seen.lastLatencyMs;
+      seen.lastUrl = peer.url;
+    }
+    seen.lastAt = at;
+    seen.lastLatencyMs = latencyMs;
   }
 
   /** Whether a peer other than this one answered the method in less than `waitedMs`, recently. */
@@ -42,7 +48,7 @@ export class MethodAnswers {
     if (seen === undefined) {
       return false;
     }
-    const answer = seen.last.url !== peer.url ? seen.last : seen.other;
-    return answer !== undefined && answer.at >= now - recentMs && answer.latencyMs < waitedMs;
+    const [url, at, latencyMs] = seen.lastUrl !== peer.url ? [seen.lastUrl, seen.lastAt, seen.lastLatencyMs] : [seen.otherUrl, seen.otherAt, seen.otherLatencyMs];
+    return url !== undefined && at >= now - recentMs && latencyMs < waitedMs;
   }
 }
