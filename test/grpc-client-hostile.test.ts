@@ -105,7 +105,7 @@ describe("a misbehaving server", () => {
     ["HTTP 503", Code.Unavailable, /HTTP 503/],
     ["a clean end without grpc-status", Code.Internal, /protocol error: missing status/],
     ["a compressed message without grpc-encoding", Code.Internal, /compressed output without grpc-encoding/],
-    ["a declared length of 4 GB", Code.ResourceExhausted, /message size 4294967280 is larger than configured readMaxBytes 1048576/],
+    ["a declared length of 4 GB", Code.ResourceExhausted, /127\.0\.0\.1:\d+ sent a message of 4294967280 bytes, over the limit of 1048576 bytes \(readMaxBytes\)/],
     ["grpc-status abc", Code.Internal, /invalid grpc-status: abc/],
     ["a grpc-message that is not percent-encoding", Code.InvalidArgument, /bad %zz% input/],
     ["two messages for a unary call", Code.Unimplemented, /extra output message/],

@@ -56,7 +56,7 @@ describe("EnvelopeReader", () => {
       })();
       expect(error).toBeInstanceOf(ConnectError);
       expect((error as ConnectError).code).toBe(Code.ResourceExhausted);
-      expect((error as ConnectError).message).toMatch(/message size 101 is larger than configured readMaxBytes 100/);
+      expect((error as ConnectError).message).toMatch(/sent a message of 101 bytes, over the limit of 100 bytes \(readMaxBytes\)/);
     }
   });
 

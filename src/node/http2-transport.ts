@@ -2,7 +2,7 @@
 import type { Transport } from "@connectrpc/connect";
 import type { ConnectTransportOptions, Http2SessionOptions } from "@connectrpc/connect-node";
 import type { ConnectionOptions } from "./grpc/connection.js";
-import { createGrpcClientTransport } from "./grpc/grpc-transport.js";
+import { createGrpcClientTransport, defaultReadMaxBytes } from "./grpc/grpc-transport.js";
 import type { Peer } from "../peer.js";
 
 /** Options of the per-peer HTTP/2 transports; baseUrl comes from each peer. */
@@ -46,7 +46,7 @@ function connectNodeTransport(protocol: "connect" | "grpc-web", peer: Peer, opti
     if (closed) {
       abortSession();
     }
-    const perPeer = { ...options, baseUrl: peer.url, httpVersion: "2" as const, sessionManager };
+    const perPeer = { ...options, readMaxBytes: options.readMaxBytes ?? defaultReadMaxBytes, baseUrl: peer.url, httpVersion: "2" as const, sessionManager };
     return protocol === "connect" ? connectNode.createConnectTransport(perPeer) : connectNode.createGrpcWebTransport(perPeer);
   });
   loaded.catch(() => {}); // reported by the calls that await it

@@ -46,7 +46,7 @@ export abstract class GrpcCall {
     private readonly signal: AbortSignal | undefined,
     timerMs: number | undefined,
   ) {
-    this.reader = new EnvelopeReader(settings.readMaxBytes);
+    this.reader = new EnvelopeReader(settings.readMaxBytes, settings.address);
     if (timerMs !== undefined) {
       this.timer = setTimeout(onDeadline, timerMs, this);
     }

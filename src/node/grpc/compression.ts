@@ -24,7 +24,7 @@ function zlibCompression(name: string, compress: ZlibFn, decompress: ZlibFn): Co
       }
       return decompress(bytes, { maxOutputLength: readMaxBytes }).then(ownBuffer, (error: { code?: string }) => {
         throw error.code === "ERR_BUFFER_TOO_LARGE"
-          ? new ConnectError(`message is larger than configured readMaxBytes ${readMaxBytes} after decompression`, Code.ResourceExhausted)
+          ? new ConnectError(`message is larger than the limit of ${readMaxBytes} bytes (readMaxBytes) after decompression`, Code.ResourceExhausted)
           : new ConnectError(`${name} decompression failed`, Code.InvalidArgument, undefined, undefined, error);
       });
     },

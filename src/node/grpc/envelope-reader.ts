@@ -21,7 +21,11 @@ export class EnvelopeReader {
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
 
-  constructor(private readonly readMaxBytes: number) {}
+  /** `address` names the peer in the error of a message over the limit. */
+  constructor(
+    private readonly readMaxBytes: number,
+    private readonly address = "the server",
+  ) {}
 
   /** Bytes received that do not yet form a whole envelope. */
   get buffered(): number {
@@ -77,7 +81,10 @@ export class EnvelopeReader {
 
   private assertSize(size: number): void {
     if (size > this.readMaxBytes) {
-      throw new ConnectError(`message size ${size} is larger than configured readMaxBytes ${this.readMaxBytes}`, Code.ResourceExhausted);
+      throw new ConnectError(
+        `${this.address} sent a message of ${size} bytes, over the limit of ${this.readMaxBytes} bytes (readMaxBytes): refused before reading it`,
+        Code.ResourceExhausted,
+      );
     }
   }
 }

@@ -22,6 +22,7 @@ export interface GrpcClientOptions extends ConnectionOptions {
   readonly sendCompression?: Compression | null;
   /** Smallest message worth compressing (default 1 KiB). */
   readonly compressMinBytes?: number;
+  /** Largest response message accepted, in bytes (default 4 MiB, as grpc-js and grpc-go); a larger one fails with ResourceExhausted before it is read. */
   readonly readMaxBytes?: number;
   readonly writeMaxBytes?: number;
   /** Timeout of calls that give none; 0 or less for none. */
@@ -29,6 +30,14 @@ export interface GrpcClientOptions extends ConnectionOptions {
   /** Run inside the balancer's interceptors, around this peer's calls. */
   readonly interceptors?: Interceptor[];
 }
+
+/**
+ * The largest response message a call accepts unless readMaxBytes says
+ * otherwise: 4 MiB, as grpc-js (grpc.max_receive_message_length) and grpc-go
+ * (MaxCallRecvMsgSize). connect's own default, 4 GiB, lets one hostile or
+ * broken peer make a call buffer gigabytes.
+ */
+export const defaultReadMaxBytes = 4 * 1024 * 1024;
 
 /**
  * connect's Transport for one peer, implemented on node:http2 directly: one
@@ -83,7 +92,7 @@ export function createGrpcClientTransport(peer: { readonly url: string; readonly
 }
 
 function createClientContext(peer: { readonly url: string; readonly address: string }, options: GrpcClientOptions): ClientContext {
-  const limits = validateReadWriteMaxBytes(options.readMaxBytes, options.writeMaxBytes, options.compressMinBytes);
+  const limits = validateReadWriteMaxBytes(options.readMaxBytes ?? defaultReadMaxBytes, options.writeMaxBytes, options.compressMinBytes);
   const acceptCompression = options.acceptCompression ?? [gzip, brotli];
   const codecOptions: CodecOptions = {
     useBinaryFormat: options.useBinaryFormat ?? true,

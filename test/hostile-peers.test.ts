@@ -1,6 +1,8 @@
-// A peer that accepts calls and never answers them (headers, then nothing),
-// beside peers that answer: deadlines run out on it, and that must take it
-// out of rotation — but a deadline too tight for every peer ejects nobody.
+// Hostile and broken peers in a process of their own. One that accepts calls
+// and never answers them (headers, then nothing), beside peers that answer:
+// deadlines run out on it, and that must take it out of rotation — but a
+// deadline too tight for every peer ejects nobody. One that declares a 1 GiB
+// message: refused at its prefix, with the call's memory bounded.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { afterEach, describe, expect, it } from "vitest";
@@ -12,6 +14,7 @@ import { countBy, eventRecorder, rejection } from "./helpers.js";
 
 const children: ChildProcess[] = [];
 const transports: BalancedTransport[] = [];
+const service = "black-hole-service";
 
 afterEach(async () => {
   await Promise.all(transports.splice(0).map((t) => t.close()));
@@ -37,7 +40,7 @@ async function peers(...modes: string[]): Promise<string[]> {
 
 function balanced(addresses: readonly string[], options: Partial<Parameters<typeof createBalancedTransport>[0]> = {}) {
   const transport = createBalancedTransport({
-    service: "black-hole-service",
+    service,
     discovery: staticDiscovery(addresses.map((a) => `grpc://${a}`)),
     transport: nodeHttp2Transport(),
     ...options,
@@ -102,5 +105,23 @@ describe("a peer that answers headers and never finishes", () => {
     expect(performance.now() - started).toBeGreaterThanOrEqual(190);
     expect(performance.now() - started).toBeLessThan(1_000);
     expect(() => balanced([hole!], { defaultTimeoutMs: -1 })).toThrow(/defaultTimeoutMs must be a positive number of ms, got -1/);
+  });
+});
+
+describe("a peer that declares a 1 GiB message and streams it", () => {
+  it("is refused at the prefix by the default 4 MiB limit: ResourceExhausted naming the peer, size, limit and option, memory bounded", async () => {
+    const [huge] = await peers("huge");
+    const users = createPeerClient(UserService, balanced([huge!], { onEvent: () => {} }));
+    globalThis.gc?.();
+    const rssBefore = process.memoryUsage().rss;
+    for (const timeoutMs of [3_000, undefined]) {
+      const started = performance.now();
+      const error = await rejection(users.getUser({ id: "1" }, { timeoutMs }));
+      expect(error.code).toBe(Code.ResourceExhausted);
+      expect(error.message).toContain(`${huge} sent a message of 1073741824 bytes, over the limit of 4194304 bytes (readMaxBytes)`);
+      expect(error.message).toContain(`peer ${huge} of "${service}"`);
+      expect(performance.now() - started).toBeLessThan(1_000);
+    }
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(50 * 1024 * 1024);
   });
 });
