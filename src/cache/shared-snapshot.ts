@@ -15,7 +15,7 @@ const retryAfterMs = 1_000;
 /**
  * The shortest time between two early reads (a peer could not be reached, so
  * it likely left the registry). It doubles, up to the TTL, each time an early
- * read finds the registry unchanged: a dead fleet that stays registered
+ * read finds the service's instances unchanged: a dead fleet that stays registered
  * cannot make its clients hammer etcd, while a rolling deploy, which changes
  * the registry all along, is followed at this pace.
  */
@@ -160,10 +160,11 @@ export class SharedSnapshot {
     }
     const floorMs = Math.min(earlyReadGapMs, discovery.ttlMs);
     this.earlyReadAfter = now + Math.max(floorMs, this.earlyGapMs);
-    const before = this.state.revision;
+    // A read with unchanged instances keeps the snapshot object (writes elsewhere in etcd move the revision only).
+    const before = this.state.snapshot;
     const read = this.refresh();
     const settled = read.then(
-      () => (this.earlyGapMs = this.state.revision === before ? Math.min(2 * this.earlyGapMs, discovery.ttlMs) : floorMs),
+      () => (this.earlyGapMs = this.state.snapshot === before ? Math.min(2 * this.earlyGapMs, discovery.ttlMs) : floorMs),
       () => (this.earlyGapMs = Math.min(2 * this.earlyGapMs, discovery.ttlMs)), // reported as a discovery_failed event
     );
     waitUntil?.(settled);
