@@ -57,9 +57,15 @@ const behaviors: Record<string, (stream: http2.ServerHttp2Stream) => void> = {
   "a truncated message": (s) => withTrailers(s, grpc, { "grpc-status": "0" }, envelope(0, ok).subarray(0, 4)),
   "REFUSED_STREAM": (s) => s.close(http2.constants.NGHTTP2_REFUSED_STREAM),
   "RST_STREAM before the headers": (s) => s.close(http2.constants.NGHTTP2_INTERNAL_ERROR),
-  "RST_STREAM after the headers": (s) => {
+  // node:http2's close(code) ends the response (END_STREAM) before it sends RST_STREAM: on the wire a clean end without trailers
+  "END_STREAM then RST_STREAM after the headers": (s) => {
     s.respond(grpc);
     s.write(envelope(0, ok).subarray(0, 3), () => s.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+  },
+  // destroy(error) sends RST_STREAM(INTERNAL_ERROR) alone: a reset mid-response
+  "RST_STREAM after the headers": (s) => {
+    s.respond(grpc);
+    s.write(envelope(0, ok).subarray(0, 3), () => s.destroy(new Error("reset on purpose")));
   },
   "an error as soon as the request starts": (s) => {
     s.once("data", () => {
@@ -112,8 +118,8 @@ describe("a misbehaving server", () => {
     ["a truncated message", Code.Internal, /incomplete message/],
     ["REFUSED_STREAM", Code.Unavailable, /refused the stream/, "unprocessed"],
     ["RST_STREAM before the headers", Code.Unavailable, /lost: .*NGHTTP2_INTERNAL_ERROR/, "lost"],
-    // Once the request is sent, node:http2 reports a reset after the headers as a clean end (rstCode 0).
-    ["RST_STREAM after the headers", Code.Internal, /missing status/],
+    ["END_STREAM then RST_STREAM after the headers", Code.Internal, /missing status/],
+    ["RST_STREAM after the headers", Code.Unavailable, /lost: .*NGHTTP2_INTERNAL_ERROR/, "lost"],
   ];
   it.each(table)("%s → %s", async (behavior, code, message, delivery) => {
     const error = await rejection(client({ readMaxBytes: 1 << 20 }).echo({}, { headers: { "x-behavior": behavior }, timeoutMs: 5_000 }));
