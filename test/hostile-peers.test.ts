@@ -29,7 +29,11 @@ afterEach(async () => {
 
 /** Starts the fixture's servers, one per mode, in a child process; resolves to their addresses. */
 async function peers(...modes: string[]): Promise<string[]> {
-  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/unanswering-peers.ts", ...modes], { stdio: ["pipe", "pipe", "inherit"] });
+  return fixture("test/fixtures/unanswering-peers.ts", modes);
+}
+
+async function fixture(script: string, args: readonly string[]): Promise<string[]> {
+  const child = spawn(process.execPath, ["--import", "tsx", script, ...args], { stdio: ["pipe", "pipe", "inherit"] });
   children.push(child);
   const [line] = await new Promise<string[]>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once("line", (first) => resolve([first]));
@@ -123,5 +127,23 @@ describe("a peer that declares a 1 GiB message and streams it", () => {
       expect(performance.now() - started).toBeLessThan(1_000);
     }
     expect(process.memoryUsage().rss - rssBefore).toBeLessThan(50 * 1024 * 1024);
+  });
+});
+
+describe("a peer flooding control frames", () => {
+  it.each(["settings", "ping"])("loses its connection at once (%s): the call fails as a lost connection, within a bounded CPU cost", async (kind) => {
+    const [flooder] = await fixture("test/fixtures/flooding-peer.ts", [kind]);
+    const users = createPeerClient(UserService, balanced([flooder!], { onEvent: () => {} }));
+    const cpu = process.cpuUsage();
+    const started = performance.now();
+    const error = await rejection(users.getUser({ id: "1" }, { timeoutMs: 3_000 }));
+    const cpuMs = (process.cpuUsage(cpu).user + process.cpuUsage(cpu).system) / 1_000;
+    expect(error.code).toBe(Code.Unavailable);
+    // nghttp2 itself cuts a PING flood whose acknowledgements pile up; the guard catches the rest
+    const ours = `sent more than ${kind === "ping" ? 1000 : 100} ${kind.toUpperCase()} frames within a second: connection closed as a flood`;
+    expect(error.message).toMatch(kind === "ping" ? /sent more than 1000 PING frames|Flooding was detected in this HTTP\/2 session/ : new RegExp(ours));
+    expect(error.message).toContain(`peer ${flooder} of`);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(cpuMs).toBeLessThan(500);
   });
 });

@@ -2,6 +2,7 @@
 import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { markDelivery } from "../../transport/delivery.js";
+import { guardAgainstFloods } from "./flood-guard.js";
 
 /** How the HTTP/2 connection of a peer is kept (the names of connect-node's Http2SessionOptions). */
 export interface ConnectionOptions {
@@ -41,6 +42,7 @@ export class Connection {
 
   constructor(
     readonly session: http2.ClientHttp2Session,
+    address: string,
     private readonly options: ConnectionOptions,
     private readonly onGone: (connection: Connection) => void,
   ) {
@@ -48,6 +50,7 @@ export class Connection {
     // Without an error listener a connection error or GOAWAY on an idle session
     // would be an uncaught exception (connect-es #1768).
     session.on("error", (error) => (this.error ??= error));
+    guardAgainstFloods(session, address, (error) => this.close(error));
     const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     const connectTimer = setTimeout(() => this.close(new Error(`connection not established within ${connectTimeoutMs} ms`)), connectTimeoutMs).unref();
     // Established once the server's SETTINGS arrive: a peer that accepts TCP but never
@@ -171,7 +174,7 @@ export class PeerConnection {
       throw markDelivery(new ConnectError(`the transport of ${this.url} is closed`, Code.Unavailable), "unprocessed");
     }
     const session = http2.connect(this.url, this.options.nodeOptions);
-    const connection = new Connection(session, this.options, (gone) => {
+    const connection = new Connection(session, this.url.replace(/^[a-z]+:\/\//, ""), this.options, (gone) => {
       if (this.current === gone) {
         this.current = undefined;
       }
