@@ -74,6 +74,7 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   if (error === undefined) {
     pick.done?.(succeeded, latencyMs);
     countEnd(entry, "alive", latencyMs);
+    entry.answeredAt = now;
     scope.reachability.reached(pick.peer);
     scope.answers.answered(method, pick.peer, now, latencyMs);
     scope.detection?.record(pick.peer, "alive", now, scope.peerCount());
@@ -83,17 +84,18 @@ export function finishAttempt(scope: AttemptScope, attempt: Attempt, error?: unk
   const failure = closedFailure(scope, error) ?? asPeerFailure(ConnectError.from(error), canceledByCaller);
   pick.done?.({ error: failure }, latencyMs);
   const kind = classifyFailure(failure, method);
-  // A deadline before any answer: a black hole if another peer answered the method meanwhile, faster.
-  const unanswered = failure.code === Code.DeadlineExceeded && attempt.responded === undefined;
+  // A deadline before any answer: a black hole if another peer answered the method meanwhile, faster,
+  // and this one answered nothing at all since the attempt started.
+  const unanswered = failure.code === Code.DeadlineExceeded && attempt.responded === undefined && entry.answeredAt < started;
   const othersAnswered = unanswered && scope.answers.answeredElsewhere(method, pick.peer, now, now - started);
-  const outcome = outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled", othersAnswered);
+  const outcome = othersAnswered && kind.notConnected ? "unreached" : outcomeOf(failure, kind, canceledByCaller || deliveryOf(failure) === "canceled", othersAnswered);
   countEnd(entry, outcome);
   if (outcome === "unreached") {
     reportEjection(scope, pick.peer, "unreachable", scope.reachability.unreached(pick.peer, now), failure);
     scope.onUnreached();
   } else {
-    if (outcome !== "unknown") {
-      scope.reachability.reached(pick.peer);
+    if (outcome === "alive" || (outcome === "failed" && !unanswered)) {
+      scope.reachability.reached(pick.peer); // it answered: its connection works
     }
     const forMs = scope.detection?.record(pick.peer, outcome, now, scope.peerCount());
     reportEjection(scope, pick.peer, outcome === "unreachable" ? "unreachable" : "consecutive_failures", forMs, failure);

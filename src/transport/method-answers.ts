@@ -11,15 +11,13 @@ interface Answers {
   otherLatencyMs: number;
 }
 
-/** How recent another peer's answer must be to say that the deadline was not too tight. */
-const recentMs = 10_000;
 
 /**
  * Tells a black hole from a deadline that is too tight. A call that ends by
  * its deadline says nothing about its peer when no peer could have answered
- * in that time; but when another peer answered the same method recently
- * (within 10 s, A50's interval), in less time than this call waited, this
- * peer is the one that failed — a server that accepts calls and never
+ * in that time; but when another peer answered the same method in less time
+ * than this call waited, during the wait or just before it (within one wait's
+ * length), this peer is the one that failed — a server that accepts calls and never
  * finishes them. Keeps two answers per method (the last, and the last from
  * another peer than that), so the memory is bounded by the methods called.
  */
@@ -42,13 +40,13 @@ export class MethodAnswers {
     seen.lastLatencyMs = latencyMs;
   }
 
-  /** Whether a peer other than this one answered the method in less than `waitedMs`, recently. */
+  /** Whether a peer other than this one answered the method in less than `waitedMs`, within the wait that ended `now` or one as long before it. */
   answeredElsewhere(method: DescMethod, peer: Peer, now: number, waitedMs: number): boolean {
     const seen = this.byMethod.get(method);
     if (seen === undefined) {
       return false;
     }
     const [url, at, latencyMs] = seen.lastUrl !== peer.url ? [seen.lastUrl, seen.lastAt, seen.lastLatencyMs] : [seen.otherUrl, seen.otherAt, seen.otherLatencyMs];
-    return url !== undefined && at >= now - recentMs && latencyMs < waitedMs;
+    return url !== undefined && at >= now - 2 * waitedMs && latencyMs < waitedMs;
   }
 }

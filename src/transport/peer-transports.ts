@@ -16,6 +16,8 @@ export interface PeerTransport extends AttemptCounters {
   /** The streams among them, each ended by its EndStream, from before their response on: a stream may stay open as long as its caller likes. */
   readonly streams: Set<EndStream>;
   retired: boolean;
+  /** performance.now() of the last attempt the peer answered successfully; -Infinity before. */
+  answeredAt: number;
 }
 
 /**
@@ -37,7 +39,7 @@ export class PeerTransports {
   acquire(peer: Peer): PeerTransport {
     let entry = this.entries.get(peer.url);
     if (entry === undefined) {
-      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false, calls: 0, failures: 0, latencyMs: null };
+      entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false, answeredAt: -Infinity, calls: 0, failures: 0, latencyMs: null };
       this.entries.set(peer.url, entry);
     }
     entry.inflight++;

@@ -3,7 +3,7 @@ import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Compression } from "@connectrpc/connect/protocol";
 import { headerGrpcStatus, validateResponseWithCompression, validateTrailer } from "@connectrpc/connect/protocol-grpc";
-import { markDelivery } from "../../transport/delivery.js";
+import { markDelivery, markNotConnected } from "../../transport/delivery.js";
 import type { Connection } from "./connection.js";
 import { EnvelopeReader, type Envelope } from "./envelope-reader.js";
 import { streamFailure } from "./stream-failure.js";
@@ -87,6 +87,16 @@ export abstract class GrpcCall {
     }
     this.reset();
     this.end(error);
+  }
+
+  /**
+   * @internal The deadline passed. Before the connection was established
+   * (a frozen process, a host that drops packets) it says the peer could not
+   * be reached, which the balancer may take it out of rotation for.
+   */
+  deadlinePassed(): void {
+    const error = new ConnectError("the operation timed out", Code.DeadlineExceeded);
+    this.fail(this.connection === undefined || this.connection.connected ? error : markNotConnected(error));
   }
 
   /** EventListener for the caller's signal. */
@@ -257,7 +267,7 @@ function keepMalformedMessage(headers: Headers): void {
 }
 
 function onDeadline(call: GrpcCall): void {
-  call.fail(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+  call.deadlinePassed();
 }
 
 function onResponse(this: CallStream, headers: http2.IncomingHttpHeaders, flags: number): void {
