@@ -109,7 +109,7 @@ describe("a misbehaving server", () => {
   const table: [behavior: string, code: Code, message: RegExp, delivery?: string][] = [
     ["html content type", Code.Unknown, /unsupported content type text\/html/],
     ["HTTP 503", Code.Unavailable, /HTTP 503/],
-    ["a clean end without grpc-status", Code.Internal, /protocol error: missing status/],
+    ["a clean end without grpc-status", Code.Internal, /127\.0\.0\.1:\d+ ended the response without a gRPC status/, "lost"],
     ["a compressed message without grpc-encoding", Code.Internal, /compressed output without grpc-encoding/],
     ["a declared length of 4 GB", Code.ResourceExhausted, /127\.0\.0\.1:\d+ sent a message of 4294967280 bytes, over the limit of 1048576 bytes \(readMaxBytes\)/],
     ["grpc-status abc", Code.Internal, /invalid grpc-status: abc/],
@@ -117,9 +117,9 @@ describe("a misbehaving server", () => {
     ["two messages for a unary call", Code.Unimplemented, /extra output message/],
     ["a truncated message", Code.Internal, /incomplete message/],
     ["REFUSED_STREAM", Code.Unavailable, /refused the stream/, "unprocessed"],
-    ["RST_STREAM before the headers", Code.Unavailable, /lost: .*NGHTTP2_INTERNAL_ERROR/, "lost"],
-    ["END_STREAM then RST_STREAM after the headers", Code.Internal, /missing status/],
-    ["RST_STREAM after the headers", Code.Unavailable, /lost: .*NGHTTP2_INTERNAL_ERROR/, "lost"],
+    ["RST_STREAM before the headers", Code.Unavailable, /stream to 127\.0\.0\.1:\d+ reset by the server with HTTP\/2 error code 2 \(INTERNAL_ERROR\)/, "lost"],
+    ["END_STREAM then RST_STREAM after the headers", Code.Internal, /ended the response without a gRPC status/, "lost"],
+    ["RST_STREAM after the headers", Code.Unavailable, /stream to 127\.0\.0\.1:\d+ reset by the server with HTTP\/2 error code 2 \(INTERNAL_ERROR\)/, "lost"],
   ];
   it.each(table)("%s → %s", async (behavior, code, message, delivery) => {
     const error = await rejection(client({ readMaxBytes: 1 << 20 }).echo({}, { headers: { "x-behavior": behavior }, timeoutMs: 5_000 }));
@@ -211,6 +211,33 @@ describe("caller mistakes and edge cases", () => {
     expect(writes.filter((w) => w.status === "rejected")).toEqual([]);
     expect(echo.stats.calls).toBe(20);
     expect(recorder.events.filter((e) => e.type === "peer_ejected")).toEqual([]);
+  });
+
+  it("resends an idempotent call whose stream a peer resets after its headers, or ends without a status; never a write", async () => {
+    const echo = await startEchoServer({ kind: "grpc-js" });
+    echoServers.push(echo);
+    const balanced = () =>
+      createBalancedTransport({
+        service: "raw",
+        discovery: staticDiscovery([`grpc://${address}`, `grpc://${echo.address}`]),
+        transport: nodeHttp2Transport(),
+        balancer: "round_robin",
+      });
+    for (const behavior of ["RST_STREAM after the headers", "END_STREAM then RST_STREAM after the headers"]) {
+      const headers = { "x-behavior": behavior };
+      // A transport each: the resets take the raw peer out of the first one's rotation.
+      const [forEchoes, forWrites] = [balanced(), balanced()];
+      const before = streamsSeen;
+      const echoes = await Promise.allSettled(Array.from({ length: 10 }, () => createClient(EchoService, forEchoes).echo({}, { headers })));
+      const resetEchoes = streamsSeen - before;
+      const writes = await Promise.allSettled(Array.from({ length: 10 }, () => createClient(EchoService, forWrites).write({}, { headers })));
+      await Promise.all([forEchoes.close(), forWrites.close()]);
+      expect(resetEchoes, behavior).toBeGreaterThan(0);
+      expect(echoes.filter((e) => e.status === "rejected"), behavior).toEqual([]);
+      const failedWrites = writes.filter((w): w is PromiseRejectedResult => w.status === "rejected");
+      expect(failedWrites.length, behavior).toBeGreaterThan(0);
+      expect(failedWrites.map((w) => String(w.reason)).join("\n")).toMatch(/reset by the server|without a gRPC status/);
+    }
   });
 
   it("refuses an invalid header name as InvalidArgument, leaving no listener on the caller's signal", async () => {

@@ -76,7 +76,10 @@ describe("streamFailure", () => {
     ["REFUSED_STREAM", { rstCode: 7 }, "unprocessed", /refused the stream \(REFUSED_STREAM\)/],
     ["above GOAWAY's last stream id", { streamId: 7, goawayLastStreamId: 5 }, "unprocessed", /going away \(GOAWAY\)/],
     ["at GOAWAY's last stream id", { streamId: 5, goawayLastStreamId: 5, cause: new Error("read ECONNRESET") }, "lost", /connection to 10\.0\.0\.7:9000 lost: read ECONNRESET/],
-    ["reset by the peer", { rstCode: 8 }, "lost", /lost: stream reset with HTTP\/2 error code 8/],
+    ["reset by the server", { rstCode: 8 }, "lost", /stream to 10\.0\.0\.7:9000 reset by the server with HTTP\/2 error code 8 \(CANCEL\): the request may have been processed/],
+    ["reset by the client's HTTP/2 layer or the server", { rstCode: 1, cause: Object.assign(new Error("Stream closed with error code NGHTTP2_PROTOCOL_ERROR"), { code: "ERR_HTTP2_STREAM_ERROR" }) }, "lost", /stream to 10\.0\.0\.7:9000 reset with HTTP\/2 error code 1 \(PROTOCOL_ERROR\)/],
+    ["an unknown reset code", { rstCode: 0x77 }, "lost", /reset by the server with HTTP\/2 error code 119:/],
+    ["GOAWAY with an error", { rstCode: 11, cause: Object.assign(new Error("Session closed with error code 11"), { code: "ERR_HTTP2_SESSION_ERROR" }) }, "lost", /connection to 10\.0\.0\.7:9000 lost: the server closed the connection \(GOAWAY\) with HTTP\/2 error code 11 \(ENHANCE_YOUR_CALM\)/],
     ["closed without a status", {}, "lost", /lost: stream closed without a status/],
   ];
   it.each(cases)("%s → Unavailable, %s", (_name, ended, delivery, message) => {

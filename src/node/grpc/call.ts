@@ -207,7 +207,9 @@ export abstract class GrpcCall {
     // sent in full as such an end, with rstCode 0: no client can tell them apart.)
     const endedCleanly = stream.readableEnded && (stream.rstCode ?? 0) === 0 && this.cause === undefined && !connection.session.destroyed;
     if (this.header !== undefined && !statusReceived && endedCleanly) {
-      return new ConnectError("protocol error: missing status", Code.Internal);
+      // The server may have acted on the request; an idempotent call is resent.
+      const message = `${this.settings.address} ended the response without a gRPC status (missing status): no trailers, or RST_STREAM(NO_ERROR)`;
+      return markDelivery(new ConnectError(message, Code.Internal), "lost");
     }
     if (this.header === undefined || !statusReceived) {
       return streamFailure({

@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { markDelivery, markNotConnected } from "../../transport/delivery.js";
+import { describeHttp2Code, describeReset } from "./http2-error-codes.js";
 
 /** What is known about a stream that ended without a gRPC status. */
 export interface EndedStream {
@@ -27,7 +28,7 @@ const refusedStream = 7; // RFC 9113 §8.7: the server did not process the reque
  */
 export function streamFailure(ended: EndedStream): ConnectError {
   const { address, streamId, rstCode, cause } = ended;
-  const why = cause?.message ?? (rstCode === 0 ? "stream closed without a status" : `stream reset with HTTP/2 error code ${rstCode}`);
+  const why = describeEnd(ended);
   if (!ended.connected) {
     // Node cancels the pending stream "caused by" the connection's error: name that one.
     const connectError = cause?.cause instanceof Error ? cause.cause : cause;
@@ -42,7 +43,30 @@ export function streamFailure(ended: EndedStream): ConnectError {
   if (ended.goawayLastStreamId !== undefined && streamId > ended.goawayLastStreamId) {
     return unavailable(`${address} is going away (GOAWAY) and did not process the request`, "unprocessed", cause);
   }
+  if (rstCode !== 0 && isStreamReset(cause)) {
+    return unavailable(`stream to ${address} ${describeReset(rstCode)}: the request may have been processed`, "lost", cause);
+  }
   return unavailable(`connection to ${address} lost: ${why}`, "lost", cause);
+}
+
+/** RST_STREAM on a live connection: no error from node:http2, or its stream error for that code. */
+function isStreamReset(cause: Error | undefined): boolean {
+  return cause === undefined || (cause as { code?: string }).code === "ERR_HTTP2_STREAM_ERROR";
+}
+
+/**
+ * Why the stream ended, in words: node:http2's own messages ("Stream closed
+ * with error code NGHTTP2_INTERNAL_ERROR") do not say whether the server
+ * reset the stream or closed the connection (GOAWAY).
+ */
+function describeEnd({ rstCode, cause }: EndedStream): string {
+  if (rstCode !== 0 && (cause as { code?: string } | undefined)?.code === "ERR_HTTP2_SESSION_ERROR") {
+    return `the server closed the connection (GOAWAY) with ${describeHttp2Code(rstCode)}`;
+  }
+  if (rstCode !== 0 && isStreamReset(cause)) {
+    return `stream ${describeReset(rstCode)}`;
+  }
+  return cause?.message ?? "stream closed without a status";
 }
 
 function unavailable(message: string, delivery: "unprocessed" | "lost", cause: Error | undefined): ConnectError {
