@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, createContextValues } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
-import { createBalancedTransport, createPeerClient, etcdDiscovery, hashKey, peerKey, type BalancedTransport } from "../src/index.js";
+import { createBalancedTransport, createPeerClient, etcdDiscovery, hashKey, peerKey, staticDiscovery, type BalancedTransport, type Discovery } from "../src/index.js";
 import { fetchTransport } from "../src/fetch/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
 import { rangeCountAt, startEtcd, type EtcdServer } from "../support/etcd.js";
@@ -160,6 +160,31 @@ describe("an instance that crashed but is still registered", () => {
     // the outlier-detection cap (10 %, but one) does not hold back peers that cannot be reached
     const out = new Set(recorder.events.filter((e) => e.type === "peer_ejected").map((e) => (e as { address: string }).address));
     expect(out.size).toBe(3);
+  });
+
+  it("ends a call waiting for a fresh registry read when the transport closes: Canceled, not the refusal", async () => {
+    const [server] = await instances("closed-while-rereading-service", [{}]);
+    await server!.stop();
+    const base = staticDiscovery([`grpc://${server!.address}`]);
+    let reread: () => void;
+    const rereading = new Promise<void>((resolve) => (reread = resolve));
+    let loads = 0;
+    const discovery: Discovery = {
+      ...base,
+      ttlMs: 60_000,
+      // the first read finds the departed instance; the next one hangs, as an etcd that stopped answering
+      load: (service, signal) =>
+        ++loads === 1 ? base.load(service, signal) : new Promise((_, reject) => (reread(), signal.addEventListener("abort", () => reject(signal.reason)))),
+    };
+    const transport = balanced("closed-while-rereading-service", { discovery, onEvent: () => {} });
+    const call = rejection(createPeerClient(UserService, transport).getUser({ id: "1" }, { timeoutMs: 30_000 }));
+    await rereading;
+    const closed = performance.now();
+    await transport.close();
+    const error = await call;
+    expect(performance.now() - closed).toBeLessThan(1_000);
+    expect(error.code).toBe(Code.Canceled);
+    expect(error.message).toMatch(/the balanced transport of "closed-while-rereading-service" was closed/);
   });
 
   it("survives onEvent listeners that throw or reject", async () => {

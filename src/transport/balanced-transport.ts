@@ -201,6 +201,17 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     return peerSet;
   }
 
+  /** Ends with the close of the transport: a call waiting inside it must not outlive it. */
+  const closing = new AbortController();
+
+  /** Waits (within the call) for a fresh registry read; rejects with the close, if the transport closed meanwhile. */
+  async function awaitFreshRead(signal: AbortSignal | undefined, remainingMs: number | undefined) {
+    await cache.awaitFreshRead(signal === undefined ? closing.signal : AbortSignal.any([signal, closing.signal]), remainingMs, options.waitUntil);
+    if (closedBy !== undefined) {
+      throw closedBy;
+    }
+  }
+
   function assertOpen() {
     if (closedBy !== undefined) {
       throw new ConnectError(`the balanced transport of "${service}" is closed`, Code.FailedPrecondition);
@@ -215,7 +226,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       let pickable = healthy.over(set, performance.now());
       if (pickable.noneReachable === true) {
         // Every peer refused: the registry likely moved on. Read it before trying them again.
-        await cache.awaitFreshRead(call.signal, remainingMs, options.waitUntil);
+        await awaitFreshRead(call.signal, remainingMs);
         set = await usablePeers(call.signal, remainingMs);
         pickable = healthy.over(set, performance.now());
       }
@@ -224,7 +235,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     },
     finish: (attempt, error) => finishAttempt(scope, attempt, error)!,
     async awaitFreshRead(call, remainingMs) {
-      await cache.awaitFreshRead(call.signal, remainingMs, options.waitUntil);
+      await awaitFreshRead(call.signal, remainingMs);
       await usablePeers(call.signal, remainingMs).catch(() => {}); // the new peers, if any; the last failure stands otherwise
     },
     hasUntried: (tried) => peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url)),
@@ -309,6 +320,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     async close() {
       if (closedBy === undefined) {
         closedBy = markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled");
+        closing.abort(closedBy);
         cache.release();
         await pool.closeAll(closedBy);
       }

@@ -25,7 +25,7 @@ export interface RetryPolicy {
   /** Picks a peer this call has not tried while there is one, and starts an attempt on it. */
   begin(call: RetriedCall<unknown>, headers: Headers, remainingMs: number | undefined, tried: ReadonlySet<string>): Promise<Attempt>;
   finish(attempt: Attempt, error: unknown): AttemptFailure;
-  /** Waits (within the call) for a fresh registry read, where one may start now; never rejects. */
+  /** Waits (within the call) for a fresh registry read, where one may start now; rejects only when the transport closed meanwhile. */
   awaitFreshRead(call: RetriedCall<unknown>, remainingMs: number | undefined): Promise<void>;
   /** Whether the current peers include one not in `tried`. */
   hasUntried(tried: ReadonlySet<string>): boolean;
