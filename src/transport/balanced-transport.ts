@@ -201,11 +201,13 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     return peerSet;
   }
 
-  /** Ends with the close of the transport: a call waiting inside it must not outlive it. */
-  const closing = new AbortController();
+  /** Ends with the close of the transport: a call waiting inside it must not outlive it. Made at the first wait: workerd refuses it in global scope. */
+  let closing: AbortController | undefined;
 
   /** Waits (within the call) for a fresh registry read; rejects with the close, if the transport closed meanwhile. */
   async function awaitFreshRead(signal: AbortSignal | undefined, remainingMs: number | undefined) {
+    assertOpen();
+    closing ??= new AbortController();
     await cache.awaitFreshRead(signal === undefined ? closing.signal : AbortSignal.any([signal, closing.signal]), remainingMs, options.waitUntil);
     if (closedBy !== undefined) {
       throw closedBy;
@@ -320,7 +322,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     async close() {
       if (closedBy === undefined) {
         closedBy = markDelivery(new ConnectError(`the balanced transport of "${service}" was closed`, Code.Canceled), "canceled");
-        closing.abort(closedBy);
+        closing?.abort(closedBy);
         cache.release();
         await pool.closeAll(closedBy);
       }
