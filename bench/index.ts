@@ -201,7 +201,7 @@ function report(title: string, results: Record<string, number>, baseline?: strin
   const ok = {};
   const candidates: Record<string, (n: number) => void> = {};
   for (const count of [3, 1000]) {
-    const peers: readonly Peer[] = buildPeerSet(snapshotOf(count), ["grpc"], undefined, roundRobin(), "bench").peers;
+    const peers: readonly Peer[] = buildPeerSet(snapshotOf(count), ["grpc"], undefined, "bench").peers;
     const policies = [["round_robin", roundRobin()], ["random", random()], ["weighted_round_robin", weightedRoundRobin()], ["least_request", leastRequest()], ["p2c", p2c()], ["ring_hash (keyed)", ringHash({ key: () => "user-42" })]] as const;
     for (const [name, balancer] of policies) {
       const pick = balancer.build(peers);
@@ -223,7 +223,7 @@ function report(title: string, results: Record<string, number>, baseline?: strin
     await compare(
       {
         "decode 1000 kratos entries": () => void decodeSnapshot(kratos, "svc", 1, entries),
-        "build 1000 peers + picker": () => void buildPeerSet(snapshotOf(1000), ["grpc"], undefined, roundRobin(), "bench"),
+        "build 1000 peers + picker": () => void roundRobin().build(buildPeerSet(snapshotOf(1000), ["grpc"], undefined, "bench").peers),
       },
       20,
     ),

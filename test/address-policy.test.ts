@@ -15,7 +15,6 @@ import { parseEndpoint } from "../src/registry/endpoint.js";
 import { resolveFormat } from "../src/registry/format.js";
 import { decodeSnapshot } from "../src/discovery/decode.js";
 import { buildPeerSet, createAllowGate } from "../src/transport/peer-set.js";
-import { roundRobin } from "../src/balancer/round-robin.js";
 import type { SkippedEntry } from "../src/registry/instance.js";
 
 const hostOf = (endpoint: string) => {
@@ -190,14 +189,14 @@ describe("peers over canonical hosts", () => {
     const spellings = ["grpc://127.0.0.1:9000", "grpc://127.0.0.1.:9000", "grpc://[::ffff:127.0.0.1]:9000", "GRPC://[::FFFF:7F00:1]:09000"];
     const snapshot = decodeSnapshot(kratos, "svc", 1, spellings.map((e, i) => entry(String(i), [e])));
     expect(snapshot.skipped).toEqual([]);
-    const set = buildPeerSet(snapshot, ["grpc"], undefined, roundRobin(), "etcd");
+    const set = buildPeerSet(snapshot, ["grpc"], undefined, "etcd");
     expect(set.peers.map((p) => p.url)).toEqual(["http://127.0.0.1:9000"]);
   });
 
   it("gives a filter on peer.host no spelling to miss", () => {
     const spellings = ["grpc://127.0.0.1:9000", "grpc://0x7f.1:9001", "grpc://2130706433:9002", "grpc://[::ffff:127.0.0.1]:9003", "grpc://127.1:9004", "grpc://[::ffff:7f00:1]:9005"];
     const snapshot = decodeSnapshot(kratos, "svc", 1, [...spellings.map((e, i) => entry(String(i), [e])), entry("good", ["grpc://10.0.0.2:9000"])]);
-    const set = buildPeerSet(snapshot, ["grpc"], (p) => p.host !== "127.0.0.1", roundRobin(), "etcd");
+    const set = buildPeerSet(snapshot, ["grpc"], (p) => p.host !== "127.0.0.1", "etcd");
     expect(set.peers.map((p) => p.address)).toEqual(["10.0.0.2:9000"]);
   });
 
@@ -211,14 +210,14 @@ describe("peers over canonical hosts", () => {
     const reported: SkippedEntry[] = [];
     const gate = createAllowGate(["10.0.0.0/8"], (e) => reported.push(e));
     const outside = decodeSnapshot(kratos, "svc", 1, [entry("a", ["grpc://192.168.0.1:9000"])]);
-    const set = buildPeerSet(outside, ["grpc"], undefined, roundRobin(), "etcd", gate);
+    const set = buildPeerSet(outside, ["grpc"], undefined, "etcd", gate);
     expect(set.peers).toEqual([]);
     expect("unavailable" in set && set.unavailable).toContain("the allow option refuses their addresses, e.g. /microservices/svc/a");
-    buildPeerSet({ ...outside, revision: 2 }, ["grpc"], undefined, roundRobin(), "etcd", gate);
+    buildPeerSet({ ...outside, revision: 2 }, ["grpc"], undefined, "etcd", gate);
     expect(reported).toEqual([{ key: "/microservices/svc/a", reason: "the allow option refuses 192.168.0.1:9000" }]);
     const inside = decodeSnapshot(kratos, "svc", 3, [entry("a", ["grpc://192.168.0.1:9000", "grpc://10.0.0.1:9000"])]);
-    expect(buildPeerSet(inside, ["grpc"], undefined, roundRobin(), "etcd", gate).peers.map((p) => p.address)).toEqual(["10.0.0.1:9000"]);
-    buildPeerSet(outside, ["grpc"], undefined, roundRobin(), "etcd", gate);
+    expect(buildPeerSet(inside, ["grpc"], undefined, "etcd", gate).peers.map((p) => p.address)).toEqual(["10.0.0.1:9000"]);
+    buildPeerSet(outside, ["grpc"], undefined, "etcd", gate);
     expect(reported).toHaveLength(2);
   });
 });

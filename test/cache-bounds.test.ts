@@ -88,7 +88,7 @@ const fiftyEndpoints = Array.from({ length: 50 }, (_, i) => `grpc://10.0.${i}.1:
 /** One request of a handler that builds its discovery, and so its cache entry, per request. */
 async function perRequest(close: boolean): Promise<void> {
   const transport = balanced("static-service", staticDiscovery(fiftyEndpoints));
-  expect(await transport.peers()).toHaveLength(50);
+  expect(await transport.peers()).toHaveLength(25); // the default subset of the 50
   if (close) {
     await transport.close();
   }

@@ -10,7 +10,6 @@ import { resolveFormat, type RegistryFormat } from "../src/registry/format.js";
 import { canonicalHost } from "../src/registry/host.js";
 import { defaultRefusal } from "../src/registry/address-policy.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
-import { roundRobin } from "../src/balancer/round-robin.js";
 
 const seed = Number(process.env["FUZZ_SEED"] ?? Date.now() % 1_000_000);
 const runs = (numRuns: number) => ({ seed, numRuns });
@@ -70,7 +69,7 @@ function decodeAll(format: RegistryFormat, values: readonly string[]): Snapshot 
 
 /** Every peer has the documented types, a canonical host WHATWG URL reads the same way, and the policy allows it. */
 function expectSound(snapshot: Snapshot): void {
-  const set = buildPeerSet(snapshot, ["grpc", "grpcs", "http", "https"], undefined, roundRobin(), "fuzz");
+  const set = buildPeerSet(snapshot, ["grpc", "grpcs", "http", "https"], undefined, "fuzz");
   const problems = set.peers.flatMap((peer) => {
     const fields = [peer.host, peer.id, peer.name, peer.version, peer.key, ...Object.values(peer.metadata)];
     const canonical = canonicalHost(peer.host, peer.host.includes(":"));

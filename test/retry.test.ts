@@ -5,7 +5,7 @@ import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 import type { Peer, Picker } from "../src/index.js";
 import type { Attempt, AttemptFailure } from "../src/transport/attempt.js";
-import { pickUntried } from "../src/transport/healthy-picker.js";
+import { pickUntried } from "../src/pick/untried.js";
 import { untilResponse, type RetriedCall, type RetryPolicy } from "../src/transport/retry.js";
 import { RetryBudget } from "../src/transport/retry-budget.js";
 

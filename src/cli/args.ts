@@ -20,6 +20,9 @@ const options = {
   count: { type: "string", short: "n" },
   key: { type: "string" },
   scheme: { type: "string", multiple: true },
+  subset: { type: "string" },
+  zone: { type: "string" },
+  "zone-key": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 type OptionName = keyof typeof options;
@@ -28,7 +31,7 @@ const globalOptions: readonly OptionName[] = ["etcd", "namespace", "format", "us
 const commandOptions = {
   ls: ["json"],
   watch: ["json"],
-  pick: ["balancer", "count", "key", "scheme"],
+  pick: ["balancer", "count", "key", "scheme", "subset", "zone", "zone-key"],
 } as const satisfies Record<string, readonly OptionName[]>;
 
 export type Command = keyof typeof commandOptions;
@@ -53,6 +56,10 @@ export interface CommandFlags {
   readonly count: number;
   readonly key: string | undefined;
   readonly schemes: readonly EndpointScheme[];
+  /** Peers in the subset, undefined for all (`--subset off`, and always for ring_hash). */
+  readonly subset: number | undefined;
+  readonly zone: string | undefined;
+  readonly zoneKey: string;
 }
 
 export type Invocation =
@@ -149,7 +156,25 @@ function commandFlags(command: Command, values: Values): CommandFlags {
     count: countOf(command, values.count ?? "10"),
     key: values.key,
     schemes: (values.scheme ?? ["grpc", "grpcs"]).map((scheme) => oneOf("--scheme", scheme, schemes)),
+    subset: balancer === "ring_hash" || values.subset === "off" ? undefined : subsetOf(command, values.subset ?? "25"),
+    zone: nonEmpty(command, "--zone", values.zone),
+    zoneKey: nonEmpty(command, "--zone-key", values["zone-key"]) ?? "zone",
   };
+}
+
+function subsetOf(command: Command, text: string): number {
+  const size = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!(size >= 1 && size <= maxCount)) {
+    throw new UsageError(`--subset must be a whole number from 1 to ${maxCount} or "off", got "${text}"`, command);
+  }
+  return size;
+}
+
+function nonEmpty(command: Command, flag: string, text: string | undefined): string | undefined {
+  if (text === "") {
+    throw new UsageError(`${flag} must not be empty`, command);
+  }
+  return text;
 }
 
 function countOf(command: Command, text: string): number {

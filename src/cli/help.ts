@@ -48,7 +48,7 @@ watched until one registers; an etcd that cannot be read at the start is an erro
 
 ${common}
 `,
-  pick: `Usage: connect-etcd-balancer pick <service> [--balancer NAME] [-n N] [--key KEY] [options]
+  pick: `Usage: connect-etcd-balancer pick <service> [--balancer NAME] [-n N] [--key KEY] [--subset N|off] [--zone ZONE] [options]
 
 Prints, in order, the peers a balancer built over the current instances would choose for the next
 N calls, as if all N were in flight at once (least_request and p2c count each earlier pick as a
@@ -62,6 +62,10 @@ every new transport does.
                        Without it ring_hash picks at random, as for calls that set no hashKey.
   --scheme SCHEME      the endpoint schemes a transport dials, in order of preference; repeat it
                        (default grpc and grpcs, as the transport; http and https for Connect over fetch)
+  --subset N|off       the peers one transport spreads its calls over (default 25, as the transport;
+                       a random subset each run, as each transport draws its own; never for ring_hash)
+  --zone ZONE          the caller's zone: picks stay on instances whose metadata --zone-key (default
+                       "zone") is ZONE, as the transport's zone option
 
 Fails when etcd cannot be read or no instance registers an endpoint with those schemes.
 

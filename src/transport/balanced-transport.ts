@@ -19,7 +19,6 @@ import type { Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
 import { beginAttempt, finishAttempt, type AttemptScope } from "./attempt.js";
 import { markDelivery } from "./delivery.js";
-import { HealthyPicker, pickUntried } from "./healthy-picker.js";
 import { invoke } from "./invoke.js";
 import { MethodAnswers } from "./method-answers.js";
 import { OutlierDetection, type OutlierDetectionOptions } from "./outlier-detection.js";
@@ -29,6 +28,9 @@ import { RetryBudget } from "./retry-budget.js";
 import { parseServiceName } from "./service-name.js";
 import { beginStreamAttempt, collect, type StreamAttempt } from "./stream-pick.js";
 import { buildPeerSet, createAllowGate, type PeerFilter, type PeerSet } from "./peer-set.js";
+import { PickPath } from "../pick/pick-path.js";
+import { pickUntried } from "../pick/untried.js";
+import type { ZoneOptions } from "../pick/zones.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 import { statsOf, type PeerStats } from "./transport-stats.js";
 
@@ -60,6 +62,31 @@ export interface BalancedTransportOptions {
   readonly allow?: readonly string[];
   /** "round_robin" (default), "random", "weighted_round_robin", "least_request", "p2c", "ring_hash", or a Balancer object. */
   readonly balancer?: BalancerName | Balancer;
+  /**
+   * Spreads this transport's calls over a stable subset of `size` peers
+   * (default 25, as kratos' `WithSubset`), so that N clients of M instances
+   * do not hold N × M connections; `false` for every peer. The subset is
+   * drawn by rendezvous hashing with a random seed per transport (gRFC A68):
+   * one instance joining or leaving changes at most one member, and the
+   * others keep their connections and statistics. A member that is ejected
+   * or cannot be reached is stood in for by the next-ranked peer while it is
+   * out. `ring_hash` is never subset: its affinity needs every client to see
+   * the same ring. With `zone`, each zone priority has its own subset.
+   */
+  readonly subset?: { readonly size: number } | false;
+  /**
+   * The caller's zone, e.g. the AZ ID "use1-az1" (on Lambda the
+   * `AvailabilityZoneID` of the execution environment's metadata; see the
+   * README for ECS, EC2 and Kubernetes). Calls stay on instances of this
+   * zone (metadata `zoneKey`) while at least 1 / 1.4 (72 %) of them are
+   * healthy; below that, that share × 1.4 stays and the rest spills over to
+   * the other zones, in proportion to their healthy peers (Envoy's priority
+   * levels with overprovisioning factor 1.4); with no healthy local peer
+   * every call spills. Default: zones are not looked at.
+   */
+  readonly zone?: string;
+  /** The instance metadata key that holds an instance's zone (default "zone"); an instance without it is in no zone. */
+  readonly zoneKey?: string;
   /** Registered endpoint schemes this transport can dial, in order of preference within an instance (default grpc, grpcs). */
   readonly schemes?: readonly EndpointScheme[];
   /** Run once per call after the pick, around the peer's transport; `req.contextValues.get(peerKey)` is set. */
@@ -169,7 +196,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const reachability = new Reachability();
-  const healthy = new HealthyPicker(balancer, detection, reachability);
+  const path = new PickPath({ balancer, subsetSize: subsetSizeOf(options.subset, balancer), zones: zonesOf(options) }, detection, reachability);
   let peerSet: PeerSet | undefined;
   let closedBy: ConnectError | undefined;
   const scope: AttemptScope = {
@@ -190,12 +217,12 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     const snapshot = cache.peek(options.waitUntil) ?? (await cache.load(signal, timeoutMs));
     assertOpen();
     if (peerSet?.snapshot !== snapshot) {
-      peerSet = buildPeerSet(snapshot, schemes, options.filter, balancer, where, allow);
+      peerSet = buildPeerSet(snapshot, schemes, options.filter, where, allow);
       pool.retain(peerSet.peers);
       detection?.retain(peerSet.peers);
       reachability.retain(peerSet.peers);
     }
-    if (!("pick" in peerSet)) {
+    if (peerSet.unavailable !== undefined) {
       throw new ConnectError(peerSet.unavailable, Code.Unavailable);
     }
     return peerSet;
@@ -225,12 +252,12 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     budget: new RetryBudget(),
     async begin(call, header, remainingMs, tried) {
       let set = await usablePeers(call.signal, remainingMs);
-      let pickable = healthy.over(set, performance.now());
+      let pickable = path.over(set.peers, performance.now());
       if (pickable.noneReachable === true) {
         // Every peer refused: the registry likely moved on. Read it before trying them again.
         await awaitFreshRead(call.signal, remainingMs);
         set = await usablePeers(call.signal, remainingMs);
-        pickable = healthy.over(set, performance.now());
+        pickable = path.over(set.peers, performance.now());
       }
       const pick = pickUntried(pickable, set.peers, { method: call.method, header, contextValues: call.contextValues }, tried);
       return beginAttempt(scope, pick, call.method, call.signal, call.contextValues);
@@ -309,14 +336,16 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     },
 
     async peers(options) {
-      return (await usablePeers(options?.signal, options?.timeoutMs)).peers;
+      return path.over((await usablePeers(options?.signal, options?.timeoutMs)).peers, performance.now()).members;
     },
 
     stats() {
       if (closedBy !== undefined) {
         return []; // the counters went with the per-peer transports
       }
-      return statsOf(peerSet?.peers ?? [], (peer) => pool.find(peer), detection, reachability, performance.now());
+      const now = performance.now();
+      const members = peerSet === undefined || peerSet.unavailable !== undefined ? [] : path.over(peerSet.peers, now).members;
+      return statsOf(members, (peer) => pool.find(peer), detection, reachability, now);
     },
 
     async close() {
@@ -328,4 +357,29 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       }
     },
   };
+}
+
+/** Peers per subset: 25 unless turned off; ring_hash never, as its affinity needs every client to see the same ring. */
+function subsetSizeOf(subset: BalancedTransportOptions["subset"], balancer: Balancer): number | undefined {
+  if (subset === false || balancer.name === "ring_hash") {
+    return undefined;
+  }
+  const size = subset?.size ?? defaultSubsetSize;
+  if (!Number.isInteger(size) || size < 1) {
+    throw new ConnectError(`createBalancedTransport: subset.size must be an integer ≥ 1, got ${size}`, Code.InvalidArgument);
+  }
+  return size;
+}
+
+/** As kratos' `WithSubset` default. */
+const defaultSubsetSize = 25;
+
+function zonesOf({ zone, zoneKey = "zone" }: BalancedTransportOptions): ZoneOptions | undefined {
+  if (zone === undefined) {
+    return undefined;
+  }
+  if (typeof zone !== "string" || zone === "" || typeof zoneKey !== "string" || zoneKey === "") {
+    throw new ConnectError(`createBalancedTransport: zone and zoneKey must be non-empty strings, got ${JSON.stringify({ zone, zoneKey })}`, Code.InvalidArgument);
+  }
+  return { zone, zoneKey };
 }

@@ -1,13 +1,12 @@
 import type { Snapshot } from "../discovery/discovery.js";
-import type { Balancer, Picker } from "../balancer/balancer.js";
 import { compileAllow, type AllowList } from "../registry/address-policy.js";
 import type { Endpoint, EndpointScheme } from "../registry/endpoint.js";
 import type { SkippedEntry } from "../registry/instance.js";
 import { createPeer, type Peer } from "../peer.js";
 
-/** The peers of one snapshot and the picker over them: built once per snapshot change. */
+/** The peers of one snapshot that the transport may call (never empty), or why there are none: built once per snapshot change. */
 export type PeerSet =
-  | { readonly snapshot: Snapshot; readonly peers: readonly Peer[]; readonly pick: Picker }
+  | { readonly snapshot: Snapshot; readonly peers: readonly Peer[]; readonly unavailable?: undefined }
   | { readonly snapshot: Snapshot; readonly peers: readonly []; readonly unavailable: string };
 
 /** Which peers a transport may call, e.g. one version or one zone; applied once per snapshot. */
@@ -48,14 +47,13 @@ export function createAllowGate(entries: readonly string[] | undefined, onRefuse
 /**
  * Turns each instance into a peer through its first endpoint with an accepted
  * scheme (so one registry serves gRPC and Connect clients alike) that the
- * allow option permits, keeps those the filter accepts, then lets the
- * balancer build its picker. `where` names the registry for error messages.
+ * allow option permits, and keeps those the filter accepts. `where` names
+ * the registry for error messages.
  */
 export function buildPeerSet(
   snapshot: Snapshot,
   schemes: readonly EndpointScheme[],
   filter: PeerFilter | undefined,
-  balancer: Balancer,
   where: string,
   allow?: AllowGate,
 ): PeerSet {
@@ -76,7 +74,7 @@ export function buildPeerSet(
   allow?.report(refused);
   const peers = filter === undefined ? dialable : dialable.filter(filter);
   if (peers.length > 0) {
-    return { snapshot, peers, pick: balancer.build(peers) };
+    return { snapshot, peers };
   }
   return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, refused, where) };
 }

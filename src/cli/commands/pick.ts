@@ -4,7 +4,9 @@ import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { PickRequest, Picker } from "../../balancer/balancer.js";
 import { resolveBalancer } from "../../balancer/index.js";
 import { hashKey } from "../../balancer/ring-hash.js";
+import { PickPath } from "../../pick/pick-path.js";
 import { buildPeerSet } from "../../transport/peer-set.js";
+import { Reachability } from "../../transport/reachability.js";
 import type { CommandContext } from "../command.js";
 import { noInstances, reportSkipped } from "../snapshot.js";
 import { formatTable } from "../table.js";
@@ -16,15 +18,17 @@ export async function pick({ discovery, service, flags, signal }: CommandContext
   if (snapshot.instances.length === 0) {
     throw noInstances(snapshot, discovery);
   }
-  // The same peers and picker a transport with these schemes and this balancer builds.
-  const peerSet = buildPeerSet(snapshot, flags.schemes, undefined, resolveBalancer(flags.balancer), discovery.describe(service));
-  if (!("pick" in peerSet)) {
+  // The same peers and picker a transport with these schemes, balancer, subset and zone builds.
+  const peerSet = buildPeerSet(snapshot, flags.schemes, undefined, discovery.describe(service));
+  if (peerSet.unavailable !== undefined) {
     throw new Error(peerSet.unavailable);
   }
+  const zones = flags.zone === undefined ? undefined : { zone: flags.zone, zoneKey: flags.zoneKey };
+  const path = new PickPath({ balancer: resolveBalancer(flags.balancer), subsetSize: flags.subset, zones, seed: Math.floor(Math.random() * 2 ** 32) }, undefined, new Reachability());
   if (flags.balancer === "ring_hash" && flags.key === undefined) {
     console.error("connect-etcd-balancer: no --key: ring_hash sends calls without a hash key to a random peer");
   }
-  const rows = picks(peerSet.pick, flags.count, flags.key).map(({ peer }, index) => [
+  const rows = picks(path.over(peerSet.peers, performance.now()).pick, flags.count, flags.key).map(({ peer }, index) => [
     String(index + 1),
     peer.id,
     peer.address,

@@ -1,0 +1,151 @@
+import type { Balancer, Picker } from "../balancer/balancer.js";
+import type { Peer } from "../peer.js";
+import type { OutlierDetection } from "../transport/outlier-detection.js";
+import type { Reachability } from "../transport/reachability.js";
+import { healthOf, type Health } from "./health.js";
+import { RendezvousRanking } from "./rendezvous.js";
+import { takeSubset } from "./subset.js";
+import { localShare, splitByZone, type ZoneOptions } from "./zones.js";
+
+export interface PickPathOptions {
+  /** The user's policy, at the top of the path. */
+  readonly balancer: Balancer;
+  /** How many peers of each zone priority calls are spread over; undefined: all of them. */
+  readonly subsetSize: number | undefined;
+  /** The caller's zone; undefined: zones are not looked at. */
+  readonly zones: ZoneOptions | undefined;
+  /** Seeds the subsets' ranking; default random per transport, so that clients spread over the fleet. */
+  readonly seed?: number;
+}
+
+/** What the path hands to a call: the picker, and the peers it chooses from. */
+export interface PickablePeers {
+  /** The peers the transport balances over, members out of order included, in registry order: what `peers()` and `stats()` show. */
+  readonly members: readonly Peer[];
+  /** The peers the picker chooses from now. */
+  readonly peers: readonly Peer[];
+  readonly pick: Picker;
+  /** Every peer is out of reach: the picker is over them all the same, and a fresh registry read is worth waiting for. */
+  readonly noneReachable: boolean;
+}
+
+/** One zone priority (or all peers) after health and subset: the peers the balancer is given. */
+interface Group {
+  readonly health: Health;
+  readonly total: number;
+  readonly chosen: readonly Peer[];
+  readonly members: readonly Peer[];
+  readonly pick: Picker | undefined;
+}
+
+/**
+ * The stages between a snapshot's peers and the user's policy, each taking
+ * the state below it and handing its result up, as grpc's balancer tree:
+ *
+ *   peers → zone priority → health (reachability, outlier detection) → subset → balancer
+ *
+ * The zone stage splits the peers into the caller's zone and the rest, and
+ * sends each call to one of them by the local zone's health. In each, health
+ * keeps the peers calls may go to, the subset the first `subsetSize` of them
+ * in a rendezvous ranking, and the balancer builds its picker over those. The
+ * result is rebuilt only when the peers, a reachability or an ejection
+ * changes, and a policy's picker only when the peers it is given change, so
+ * round-robin order, weights and ring-hash affinity hold across rebuilds.
+ */
+export class PickPath {
+  private readonly local: GroupStage;
+  private readonly others: GroupStage;
+  private split: { readonly all: readonly Peer[]; readonly local: Peer[]; readonly others: Peer[] } | undefined;
+  private built: { readonly all: readonly Peer[]; readonly reachVersion: number; readonly ejectVersion: number; readonly result: PickablePeers } | undefined;
+
+  constructor(
+    private readonly options: PickPathOptions,
+    private readonly detection: OutlierDetection | undefined,
+    private readonly reachability: Reachability,
+  ) {
+    this.local = new GroupStage(options);
+    this.others = new GroupStage(options);
+  }
+
+  /** The picker over `all` (never empty) as of `now`. */
+  over(all: readonly Peer[], now: number): PickablePeers {
+    const { detection, reachability } = this;
+    detection?.expire(now);
+    reachability.expire(now);
+    const reachVersion = reachability.version;
+    const ejectVersion = detection?.version ?? 0;
+    const built = this.built;
+    if (built !== undefined && built.all === all && built.reachVersion === reachVersion && built.ejectVersion === ejectVersion) {
+      return built.result;
+    }
+    const path = this.build(all);
+    const result = { ...path, members: inRegistryOrder(all, path.members) };
+    this.built = { all, reachVersion, ejectVersion, result };
+    return result;
+  }
+
+  private build(all: readonly Peer[]): PickablePeers {
+    const { zones } = this.options;
+    if (zones === undefined) {
+      return only(this.local.over(all, this.detection, this.reachability));
+    }
+    if (this.split?.all !== all) {
+      this.split = { all, ...splitByZone(all, zones) };
+    }
+    const local = this.local.over(this.split.local, this.detection, this.reachability);
+    const others = this.others.over(this.split.others, this.detection, this.reachability);
+    const share = localShare({ ...local.health, total: local.total }, others.health);
+    if (share >= 1) {
+      return only(local);
+    }
+    if (share <= 0) {
+      return only(others);
+    }
+    const [pickLocal, pickOthers] = [local.pick!, others.pick!];
+    return {
+      members: [...local.members, ...others.members],
+      peers: [...local.chosen, ...others.chosen],
+      pick: (request) => (Math.random() < share ? pickLocal(request) : pickOthers(request)),
+      noneReachable: false,
+    };
+  }
+}
+
+/** `members` (a subset of `all`, as ranked) in the order of `all`, so that `peers()` and `stats()` list peers as the registry does. */
+function inRegistryOrder(all: readonly Peer[], members: readonly Peer[]): readonly Peer[] {
+  if (members.length === all.length) {
+    return all;
+  }
+  const chosen = new Set(members);
+  return all.filter((peer) => chosen.has(peer));
+}
+
+function only(group: Group): PickablePeers {
+  return { members: group.members, peers: group.chosen, pick: group.pick!, noneReachable: group.health.noneReachable };
+}
+
+/** Health, subset and the balancer's picker for one group of peers; keeps the picker while its peers stay the same. */
+class GroupStage {
+  private readonly ranking: RendezvousRanking | undefined;
+  private picker: { readonly peers: readonly Peer[]; readonly pick: Picker } | undefined;
+
+  constructor(private readonly options: PickPathOptions) {
+    this.ranking = options.subsetSize === undefined ? undefined : new RendezvousRanking(options.seed);
+  }
+
+  over(peers: readonly Peer[], detection: OutlierDetection | undefined, reachability: Reachability): Group {
+    const size = this.options.subsetSize;
+    const ranked = this.ranking?.rank(peers) ?? peers;
+    const health = healthOf(ranked, detection, reachability);
+    const { chosen, members } = size === undefined ? { chosen: health.usable, members: ranked } : takeSubset(ranked, health.usable, size);
+    return { health, total: peers.length, chosen, members, pick: chosen.length === 0 ? undefined : this.pickerOver(chosen) };
+  }
+
+  private pickerOver(peers: readonly Peer[]): Picker {
+    const last = this.picker;
+    if (last === undefined || last.peers.length !== peers.length || last.peers.some((peer, i) => peer !== peers[i])) {
+      this.picker = { peers, pick: this.options.balancer.build(peers) };
+    }
+    return this.picker!.pick;
+  }
+}

@@ -1,0 +1,34 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { CallResult, Pick, Picker, PickRequest } from "../balancer/balancer.js";
+import type { Peer } from "../peer.js";
+
+/** Ends a pick that was passed over before any call went out. */
+const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: this call already tried it", Code.Canceled) });
+
+/**
+ * Picks a peer for one attempt, passing over the peers this call already
+ * tried while others remain: the policy is asked again (a deterministic one,
+ * ring_hash, moves to its next candidate); if its choices keep missing, an
+ * untried healthy peer — else any untried peer — is taken at random.
+ */
+export function pickUntried(pickable: { readonly peers: readonly Peer[]; readonly pick: Picker }, all: readonly Peer[], request: Omit<PickRequest, "attempt">, tried: ReadonlySet<string>): Pick {
+  let pick = pickable.pick({ ...request, attempt: 0 });
+  if (tried.size === 0 || !tried.has(pick.peer.url)) {
+    return pick;
+  }
+  for (let attempt = 1; attempt < pickable.peers.length && tried.has(pick.peer.url); attempt++) {
+    pick.done?.(skipped, 0);
+    pick = pickable.pick({ ...request, attempt });
+  }
+  const untried = tried.has(pick.peer.url) ? (untriedOf(pickable.peers, tried) ?? untriedOf(all, tried)) : undefined;
+  if (untried === undefined) {
+    return pick;
+  }
+  pick.done?.(skipped, 0);
+  return { peer: untried[Math.floor(Math.random() * untried.length)]! };
+}
+
+function untriedOf(peers: readonly Peer[], tried: ReadonlySet<string>): Peer[] | undefined {
+  const untried = peers.filter((peer) => !tried.has(peer.url));
+  return untried.length > 0 ? untried : undefined;
+}
