@@ -16,6 +16,7 @@ export { deliveryOf, markDelivery } from "./transport/delivery.js";
 export type { Delivery } from "./transport/delivery.js";
 export type { PeerFilter } from "./transport/peer-set.js";
 export type { OutlierDetectionOptions } from "./transport/outlier-detection.js";
+export type { SlowStartOptions } from "./pick/slow-start.js";
 export type { PeerStats } from "./transport/transport-stats.js";
 export { createPeerClient } from "./peer-client.js";
 export type { PeerClient, PeerResult, PeerStream } from "./peer-client.js";

@@ -4,6 +4,7 @@ import type { OutlierDetection } from "../transport/outlier-detection.js";
 import type { Reachability } from "../transport/reachability.js";
 import { healthOf, type Health } from "./health.js";
 import { RendezvousRanking } from "./rendezvous.js";
+import type { SlowStart } from "./slow-start.js";
 import { takeSubset } from "./subset.js";
 import { localShare, splitByZone, type ZoneOptions } from "./zones.js";
 
@@ -14,6 +15,8 @@ export interface PickPathOptions {
   readonly subsetSize: number | undefined;
   /** The caller's zone; undefined: zones are not looked at. */
   readonly zones: ZoneOptions | undefined;
+  /** Ramps peers that come into rotation; undefined: every peer gets its full share at once. */
+  readonly slowStart?: SlowStart;
   /** Seeds the subsets' ranking; default random per transport, so that clients spread over the fleet. */
   readonly seed?: number;
 }
@@ -42,12 +45,13 @@ interface Group {
  * The stages between a snapshot's peers and the user's policy, each taking
  * the state below it and handing its result up, as grpc's balancer tree:
  *
- *   peers → zone priority → health (reachability, outlier detection) → subset → balancer
+ *   peers → zone priority → health (reachability, outlier detection) → subset → balancer → slow start
  *
  * The zone stage splits the peers into the caller's zone and the rest, and
  * sends each call to one of them by the local zone's health. In each, health
  * keeps the peers calls may go to, the subset the first `subsetSize` of them
- * in a rendezvous ranking, and the balancer builds its picker over those. The
+ * in a rendezvous ranking, and the balancer builds its picker over those,
+ * which slow start weighs down for the peers that are ramping in. The
  * result is rebuilt only when the peers, a reachability or an ejection
  * changes, and a policy's picker only when the peers it is given change, so
  * round-robin order, weights and ring-hash affinity hold across rebuilds.
@@ -78,22 +82,24 @@ export class PickPath {
     if (built !== undefined && built.all === all && built.reachVersion === reachVersion && built.ejectVersion === ejectVersion) {
       return built.result;
     }
-    const path = this.build(all);
+    const path = this.build(all, now);
     const result = { ...path, members: inRegistryOrder(all, path.members) };
     this.built = { all, reachVersion, ejectVersion, result };
     return result;
   }
 
-  private build(all: readonly Peer[]): PickablePeers {
+  private build(all: readonly Peer[], now: number): PickablePeers {
     const { zones } = this.options;
     if (zones === undefined) {
-      return only(this.local.over(all, this.detection, this.reachability));
+      return only(this.ramped([this.local.over(all, this.detection, this.reachability)], now)[0]!);
     }
     if (this.split?.all !== all) {
       this.split = { all, ...splitByZone(all, zones) };
     }
-    const local = this.local.over(this.split.local, this.detection, this.reachability);
-    const others = this.others.over(this.split.others, this.detection, this.reachability);
+    const [local, others] = this.ramped(
+      [this.local.over(this.split.local, this.detection, this.reachability), this.others.over(this.split.others, this.detection, this.reachability)],
+      now,
+    ) as [Group, Group];
     const share = localShare({ ...local.health, total: local.total }, others.health);
     if (share >= 1) {
       return only(local);
@@ -108,6 +114,19 @@ export class PickPath {
       pick: (request) => (Math.random() < share ? pickLocal(request) : pickOthers(request)),
       noneReachable: false,
     };
+  }
+
+  /** The groups with their pickers weighed by slow start, once it has seen which peers are in rotation now. */
+  private ramped(groups: Group[], now: number): Group[] {
+    const { slowStart } = this.options;
+    if (slowStart === undefined) {
+      return groups;
+    }
+    slowStart.look(
+      groups.flatMap((group) => group.health.usable),
+      now,
+    );
+    return groups.map((group) => (group.pick === undefined ? group : { ...group, pick: slowStart.wrap(group.pick, group.chosen, now) }));
   }
 }
 

@@ -2,8 +2,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CallResult, Pick, Picker, PickRequest } from "../balancer/balancer.js";
 import type { Peer } from "../peer.js";
 
-/** Ends a pick that was passed over before any call went out. */
-const skipped: CallResult = Object.freeze({ error: new ConnectError("peer passed over: this call already tried it", Code.Canceled) });
+/** Ends a pick that was passed over before any call went out: a cancel, which says nothing about the peer. */
+export const passedOver: CallResult = Object.freeze({ error: new ConnectError("peer passed over: this call already tried it", Code.Canceled) });
 
 /**
  * Picks a peer for one attempt, passing over the peers this call already
@@ -17,14 +17,14 @@ export function pickUntried(pickable: { readonly peers: readonly Peer[]; readonl
     return pick;
   }
   for (let attempt = 1; attempt < pickable.peers.length && tried.has(pick.peer.url); attempt++) {
-    pick.done?.(skipped, 0);
+    pick.done?.(passedOver, 0);
     pick = pickable.pick({ ...request, attempt });
   }
   const untried = tried.has(pick.peer.url) ? (untriedOf(pickable.peers, tried) ?? untriedOf(all, tried)) : undefined;
   if (untried === undefined) {
     return pick;
   }
-  pick.done?.(skipped, 0);
+  pick.done?.(passedOver, 0);
   return { peer: untried[Math.floor(Math.random() * untried.length)]! };
 }
 

@@ -31,6 +31,7 @@ import { buildPeerSet, createAllowGate, type PeerFilter, type PeerSet } from "./
 import { PickPath } from "../pick/pick-path.js";
 import { pickUntried } from "../pick/untried.js";
 import type { ZoneOptions } from "../pick/zones.js";
+import { SlowStart, validSlowStart, type SlowStartOptions } from "../pick/slow-start.js";
 import { PeerTransports, type PeerTransportFactory } from "./peer-transports.js";
 import { statsOf, type PeerStats } from "./transport-stats.js";
 
@@ -121,6 +122,17 @@ export interface BalancedTransportOptions {
    */
   readonly outlierDetection?: OutlierDetectionOptions | false;
   /**
+   * Ramps a peer in over `windowMs` instead of giving it its full share at
+   * once, while its caches are cold (Envoy's slow start): weight ×
+   * max(minWeightPercent / 100, (t / windowMs)^(1 / aggression)), defaults
+   * aggression 1, minWeightPercent 10. A peer ramps when it is new in the
+   * registry after the transport's first snapshot, or back from an ejection
+   * or from being out of reach; the peers of the first snapshot do not, so a
+   * cold start does not slow-start the fleet. Off by default, as in Envoy.
+   * Not with ring_hash, whose keys must stay on their peers.
+   */
+  readonly slowStart?: SlowStartOptions;
+  /**
    * Keeps a background registry refresh alive on runtimes that freeze or end
    * work after the response: Cloudflare Workers' `waitUntil` from
    * "cloudflare:workers", Next.js' `after`. Called with each refresh a call starts.
@@ -196,7 +208,8 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const reachability = new Reachability();
-  const path = new PickPath({ balancer, subsetSize: subsetSizeOf(options.subset, balancer), zones: zonesOf(options) }, detection, reachability);
+  const slowStart = slowStartOf(options.slowStart, balancer);
+  const path = new PickPath({ balancer, subsetSize: subsetSizeOf(options.subset, balancer), zones: zonesOf(options), slowStart }, detection, reachability);
   let peerSet: PeerSet | undefined;
   let closedBy: ConnectError | undefined;
   const scope: AttemptScope = {
@@ -221,6 +234,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       pool.retain(peerSet.peers);
       detection?.retain(peerSet.peers);
       reachability.retain(peerSet.peers);
+      slowStart?.retain(peerSet.peers);
     }
     if (peerSet.unavailable !== undefined) {
       throw new ConnectError(peerSet.unavailable, Code.Unavailable);
@@ -369,6 +383,16 @@ function subsetSizeOf(subset: BalancedTransportOptions["subset"], balancer: Bala
     throw new ConnectError(`createBalancedTransport: subset.size must be an integer ≥ 1, got ${size}`, Code.InvalidArgument);
   }
   return size;
+}
+
+function slowStartOf(options: SlowStartOptions | undefined, balancer: Balancer): SlowStart | undefined {
+  if (options === undefined) {
+    return undefined;
+  }
+  if (balancer.name === "ring_hash") {
+    throw new ConnectError("createBalancedTransport: slowStart does not apply to ring_hash, whose keys must stay on their peers", Code.InvalidArgument);
+  }
+  return new SlowStart(validSlowStart(options));
 }
 
 /** As kratos' `WithSubset` default. */
