@@ -17,6 +17,7 @@ import { runRollingDeploy } from "../support/rolling-deploy.js";
 import { startUserServer } from "../support/user-server.js";
 import { balancedNodeHttp2, bareNodeHttp2, compareClients, connectNodeGrpc, grpcJsRoundRobin, printComparison, startEchoServersProcess, type GrpcComparison } from "./grpc-clients.js";
 import { pickScaleCandidates, printPickScale } from "./pick-scale.js";
+import { measureFleet, printFleet } from "./fleet.js";
 import { measureStartup, printStartup } from "./startup.js";
 import { barChartSvg } from "./svg.js";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -301,7 +302,16 @@ let grpcComparison: GrpcComparison;
   printStartup(result);
 }
 
-// 9. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
+// 9. Subsetting and zone priority at fleet scale (issue 16): 300 clients ×
+// 300 instances, each client the transport's real PickPath with its own
+// random seed; then one instance leaving; then where a client in az1 sends
+// its calls as az1's instances are ejected. A simulation of picks, no network.
+{
+  const request = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues(), attempt: 0 };
+  printFleet(measureFleet(request));
+}
+
+// 10. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
 {
   const docs = fileURLToPath(new URL("../docs/", import.meta.url));
   mkdirSync(docs, { recursive: true });

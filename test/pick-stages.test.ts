@@ -9,7 +9,7 @@ import { PickPath } from "../src/pick/pick-path.js";
 import { RendezvousRanking, rendezvousScore } from "../src/pick/rendezvous.js";
 import { SlowStart, validSlowStart } from "../src/pick/slow-start.js";
 import { takeSubset } from "../src/pick/subset.js";
-import { localShare, splitByZone } from "../src/pick/zones.js";
+import { fullyAvailable, localShare, splitByZone } from "../src/pick/zones.js";
 import { OutlierDetection } from "../src/transport/outlier-detection.js";
 import { Reachability } from "../src/transport/reachability.js";
 
@@ -88,9 +88,9 @@ describe("healthOf", () => {
     const group = peers(4);
     const reachability = new Reachability(() => 0.5);
     for (const p of group.slice(0, 3)) reachability.unreached(p, 0);
-    expect(healthOf(group, undefined, reachability)).toEqual({ usable: [group[3]], healthy: 1, noneReachable: false });
+    expect(healthOf(group, undefined, reachability, true)).toEqual({ usable: [group[3]], healthy: 1, noneReachable: false });
     reachability.unreached(group[3]!, 0);
-    expect(healthOf(group, undefined, reachability)).toEqual({ usable: group, healthy: 0, noneReachable: true });
+    expect(healthOf(group, undefined, reachability, true)).toEqual({ usable: group, healthy: 0, noneReachable: true });
   });
 
   it("leaves out ejected peers down to the panic threshold, then spreads over every reachable one", () => {
@@ -98,14 +98,20 @@ describe("healthOf", () => {
     const detection = new OutlierDetection({ maxEjectionPercent: 100, consecutiveFailures: 1 });
     const reachability = new Reachability();
     detection.record(group[0]!, "failed", 0, 4);
-    expect(healthOf(group, detection, reachability)).toEqual({ usable: group.slice(1), healthy: 3, noneReachable: false });
+    expect(healthOf(group, detection, reachability, true)).toEqual({ usable: group.slice(1), healthy: 3, noneReachable: false });
     detection.record(group[1]!, "failed", 0, 4);
     detection.record(group[2]!, "failed", 0, 4); // 1 of 4 healthy: below 50 %
-    expect(healthOf(group, detection, reachability)).toEqual({ usable: group, healthy: 1, noneReachable: false });
+    expect(healthOf(group, detection, reachability, true)).toEqual({ usable: group, healthy: 1, noneReachable: false });
   });
 });
 
 describe("zones", () => {
+  it("has the zones fully available while Σ min(1, 1.4 × healthy ÷ total) ≥ 1", () => {
+    expect(fullyAvailable([{ healthy: 1, total: 3 }, { healthy: 6, total: 6 }])).toBe(true);
+    expect(fullyAvailable([{ healthy: 1, total: 3 }, { healthy: 2, total: 6 }])).toBe(false); // 0.47 + 0.47
+    expect(fullyAvailable([{ healthy: 0, total: 0 }, { healthy: 5, total: 6 }])).toBe(true);
+  });
+
   it("puts a peer without the zone key in no zone, never the local one", () => {
     const [a, b, c] = [peer(1, "az1"), peer(2, "az2"), peer(3)];
     expect(splitByZone([a, b, c], { zone: "az1", zoneKey: "zone" })).toEqual({ local: [a], others: [b, c] });
@@ -223,7 +229,12 @@ describe("PickPath", () => {
     expect(spilled.has(all[0]!.url)).toBe(false);
     expect(path.over(all, 0).members).toEqual(all); // the spill-over zones are in play now
 
-    detection.record(all[1]!, "failed", 0, 9);
+    detection.record(all[1]!, "failed", 0, 9); // 1 of 3 local: below the panic threshold, but the other zones can take the calls
+    const ejected = new Set([all[0]!.url, all[1]!.url]);
+    const twoOut = served(path, all, 30_000);
+    expect(localCalls(twoOut) / 30_000).toBeCloseTo(0.467, 1);
+    expect([...twoOut.keys()].filter((url) => ejected.has(url))).toEqual([]);
+
     detection.record(all[2]!, "failed", 0, 9); // no healthy local peer: all spill
     expect(localCalls(served(path, all, 3_000))).toBe(0);
   });

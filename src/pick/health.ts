@@ -19,14 +19,15 @@ export interface Health {
  * Peers out of reach are left out whatever their number (a connection that
  * cannot even be made says the peer is gone); outlier detection's ejections
  * only down to the panic threshold, below which spreading over sick peers
- * beats piling onto the few left (Envoy).
+ * beats piling onto the few left (Envoy) — when `panicAllowed`: not while
+ * other zones can take the calls.
  */
-export function healthOf(peers: readonly Peer[], detection: OutlierDetection | undefined, reachability: Reachability): Health {
+export function healthOf(peers: readonly Peer[], detection: OutlierDetection | undefined, reachability: Reachability, panicAllowed: boolean): Health {
   const reachable = peers.filter((peer) => !reachability.isOut(peer));
   if (reachable.length === 0) {
     return { usable: peers, healthy: 0, noneReachable: peers.length > 0 };
   }
   const healthy = detection === undefined ? reachable : reachable.filter((peer) => !detection.isEjected(peer));
-  const panic = detection !== undefined && healthy.length * 100 < reachable.length * detection.panicThresholdPercent;
+  const panic = panicAllowed && detection !== undefined && healthy.length * 100 < reachable.length * detection.panicThresholdPercent;
   return { usable: panic ? reachable : healthy, healthy: healthy.length, noneReachable: false };
 }

@@ -6,7 +6,7 @@ import { healthOf, type Health } from "./health.js";
 import { RendezvousRanking } from "./rendezvous.js";
 import type { SlowStart } from "./slow-start.js";
 import { takeSubset } from "./subset.js";
-import { localShare, splitByZone, type ZoneOptions } from "./zones.js";
+import { fullyAvailable, localShare, splitByZone, type ZoneOptions } from "./zones.js";
 
 export interface PickPathOptions {
   /** The user's policy, at the top of the path. */
@@ -90,16 +90,23 @@ export class PickPath {
 
   private build(all: readonly Peer[], now: number): PickablePeers {
     const { zones } = this.options;
+    const { detection, reachability } = this;
     if (zones === undefined) {
-      return only(this.ramped([this.local.over(all, this.detection, this.reachability)], now)[0]!);
+      const ranked = this.local.rank(all);
+      return only(this.ramped([this.local.over(ranked, healthOf(ranked, detection, reachability, true))], now)[0]!);
     }
     if (this.split?.all !== all) {
       this.split = { all, ...splitByZone(all, zones) };
     }
-    const [local, others] = this.ramped(
-      [this.local.over(this.split.local, this.detection, this.reachability), this.others.over(this.split.others, this.detection, this.reachability)],
-      now,
-    ) as [Group, Group];
+    const localRanked = this.local.rank(this.split.local);
+    const othersRanked = this.others.rank(this.split.others);
+    // A zone spreads over its ejected peers (panic) only while the zones together lack the capacity to take its calls, as Envoy.
+    const healthOfBoth = (panicAllowed: boolean) => [healthOf(localRanked, detection, reachability, panicAllowed), healthOf(othersRanked, detection, reachability, panicAllowed)] as const;
+    let [localHealth, othersHealth] = healthOfBoth(false);
+    if (!fullyAvailable([{ ...localHealth, total: localRanked.length }, { ...othersHealth, total: othersRanked.length }])) {
+      [localHealth, othersHealth] = healthOfBoth(true);
+    }
+    const [local, others] = this.ramped([this.local.over(localRanked, localHealth), this.others.over(othersRanked, othersHealth)], now) as [Group, Group];
     const share = localShare({ ...local.health, total: local.total }, others.health);
     if (share >= 1) {
       return only(local);
@@ -152,12 +159,16 @@ class GroupStage {
     this.ranking = options.subsetSize === undefined ? undefined : new RendezvousRanking(options.seed);
   }
 
-  over(peers: readonly Peer[], detection: OutlierDetection | undefined, reachability: Reachability): Group {
+  /** The peers in the subset's order (as given without a subset); the same array while `peers` is. */
+  rank(peers: readonly Peer[]): readonly Peer[] {
+    return this.ranking?.rank(peers) ?? peers;
+  }
+
+  /** The group over `ranked` (from rank()) with its health. */
+  over(ranked: readonly Peer[], health: Health): Group {
     const size = this.options.subsetSize;
-    const ranked = this.ranking?.rank(peers) ?? peers;
-    const health = healthOf(ranked, detection, reachability);
     const { chosen, members } = size === undefined ? { chosen: health.usable, members: ranked } : takeSubset(ranked, health.usable, size);
-    return { health, total: peers.length, chosen, members, pick: chosen.length === 0 ? undefined : this.pickerOver(chosen) };
+    return { health, total: ranked.length, chosen, members, pick: chosen.length === 0 ? undefined : this.pickerOver(chosen) };
   }
 
   private pickerOver(peers: readonly Peer[]): Picker {

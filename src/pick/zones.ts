@@ -42,3 +42,17 @@ export function localShare(local: Health & { readonly total: number }, others: H
   }
   return Math.min(1, (overprovisioningFactor * local.healthy) / local.total);
 }
+
+/**
+ * Whether the zones together have the healthy capacity for every call:
+ * Σ min(1, 1.4 × healthy ÷ total) ≥ 1, Envoy's normalized total
+ * availability. While they do, no zone spreads its calls over ejected peers
+ * (the panic threshold is ignored), as the others take what it cannot.
+ */
+export function fullyAvailable(zones: readonly { readonly healthy: number; readonly total: number }[]): boolean {
+  let availability = 0;
+  for (const { healthy, total } of zones) {
+    availability += total === 0 ? 0 : Math.min(1, (overprovisioningFactor * healthy) / total);
+  }
+  return availability >= 1;
+}
