@@ -1,13 +1,15 @@
-// Subsetting and zone priority at fleet scale (issue 16), simulated over the
-// real pick path: each client is a PickPath as createBalancedTransport builds
-// it (round_robin, its own OutlierDetection and Reachability, the subset's
-// seed left to the ranking, so each client draws its own as in production),
-// and a client's connections are the peers its picks touched. No network: the
-// figures are about where calls go, not how fast.
-import type { Peer, PickRequest } from "../src/index.js";
-import { roundRobin } from "../src/index.js";
+// Subsetting, zone priority and slow start at fleet scale (issue 16),
+// simulated over the real pick path: each client is a PickPath as
+// createBalancedTransport builds it (round_robin, its own OutlierDetection
+// and Reachability, the subset's seed left to the ranking, so each client
+// draws its own as in production), and a client's connections are the peers
+// its picks touched. No network: the figures are about where calls go, not
+// how fast.
+import type { Balancer, Peer, PickRequest } from "../src/index.js";
+import { p2c, random, roundRobin } from "../src/index.js";
 import { createPeer } from "../src/peer.js";
 import { PickPath } from "../src/pick/pick-path.js";
+import { SlowStart } from "../src/pick/slow-start.js";
 import type { ZoneOptions } from "../src/pick/zones.js";
 import { parseEndpoint, type Endpoint } from "../src/registry/endpoint.js";
 import { OutlierDetection } from "../src/transport/outlier-detection.js";
@@ -264,17 +266,167 @@ export function printZones(runs: readonly ZoneRun[]): void {
   console.log(`  (to ejected: picks that reached an ejected az1 instance; with 1 of 3 healthy az1 is below the panic threshold, 50 %, but keeps its share off its ejected instances while the other zones can take the calls, as Envoy)`);
 }
 
+/** The policies slow start is measured over (ring_hash refuses it). */
+const rampPolicies: Record<string, () => Balancer> = { round_robin: roundRobin, random, p2c: () => p2c() };
+/** Points of the ramp, as shares of the window. */
+const rampPoints = [0, 0.1, 0.25, 0.5, 0.75, 1] as const;
+const aggressions = [1, 2] as const;
+/** SlowStart's default. */
+const minWeightPercent = 10;
+/**
+ * A window so long that the real milliseconds the picks take do not move
+ * the ramp: a point t of the way in is reached by building the path over the
+ * 10 instances with `now` = performance.now() − t × window, the ramp starting
+ * at the `now` of the build that first sees the newcomer (SlowStart.look),
+ * while each pick reads performance.now() (SlowStart.wrap).
+ */
+const longWindowMs = 1e9;
+/** Calls every instance served before the 10th joined: p2c has measured the 9. */
+const warmCalls = 2_000;
+
+/**
+ * Every instance answers at once in 10 ms: p2c has nothing to tell them
+ * apart by. (A spread of latencies would make its estimates the highest
+ * sample seen, as they fade over seconds and these calls take milliseconds.)
+ */
+const latencyMs = () => 10;
+
+/** `balancer`, counting the picks it makes (before slow start passes over any) and those of `peer`. */
+function counting(balancer: Balancer, peer: Peer, count: { all: number; of: number }): Balancer {
+  return {
+    name: balancer.name,
+    build(peers) {
+      const pick = balancer.build(peers);
+      return (request) => {
+        const chosen = pick(request);
+        count.all++;
+        count.of += chosen.peer === peer ? 1 : 0;
+        return chosen;
+      };
+    },
+  };
+}
+
+/** `calls` calls over `all`, each ended with a latency (p2c learns from it); picks per peer url. */
+function calledOf(path: PickPath, all: readonly Peer[], calls: number, request: PickRequest, now: number): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (let i = 0; i < calls; i++) {
+    const pick = path.over(all, now).pick(request);
+    pick.done?.({}, latencyMs());
+    counts.set(pick.peer.url, (counts.get(pick.peer.url) ?? 0) + 1);
+  }
+  return counts;
+}
+
+export interface RampPoint {
+  /** How far into the window, 0–1. */
+  readonly at: number;
+  /** The newcomer's share of the calls. */
+  readonly share: number;
+  /** f ÷ (9 + f), f = max(minWeightPercent / 100, at^(1 / aggression)). */
+  readonly expected: number;
+  /** The newcomer's share of the policy's own picks, those slow start passed over included. */
+  readonly proposed: number;
+}
+
+export interface RampRun {
+  readonly policy: string;
+  readonly aggression: number;
+  readonly points: readonly RampPoint[];
+}
+
+export interface SlowStartResult {
+  readonly calls: number;
+  /**
+   * The 9 instances of the first snapshot: the least and most calls one of
+   * them had, ÷ all calls, and the policy's picks per call (1: slow start
+   * passed none over). Equal shares alone would not tell, as 9 peers ramping
+   * alike share the calls equally too.
+   */
+  readonly firstSnapshot: ReadonlyMap<string, { readonly min: number; readonly max: number; readonly picksPerCall: number }>;
+  readonly ramps: readonly RampRun[];
+}
+
+/** The weight slow start should give the newcomer, written out from Envoy's formula rather than taken from src/pick/slow-start.ts. */
+function expectedShare(at: number, aggression: number): number {
+  const f = Math.max(minWeightPercent / 100, Math.pow(at, 1 / aggression));
+  return f / (9 + f);
+}
+
+/** 9 instances in rotation, then a 10th joins; its share of `calls` calls at each point of the ramp, for each policy and aggression. */
+export function measureSlowStart(request: PickRequest, calls = 90_000): SlowStartResult {
+  const all = Array.from({ length: 10 }, (_, i) => peerOf(i));
+  const first = all.slice(0, 9);
+  const newcomer = all[9]!;
+  const firstSnapshot = new Map<string, { min: number; max: number; picksPerCall: number }>();
+  for (const [policy, balancer] of Object.entries(rampPolicies)) {
+    const count = { all: 0, of: 0 };
+    const path = new PickPath({ balancer: counting(balancer(), newcomer, count), subsetSize: undefined, zones: undefined, slowStart: new SlowStart({ windowMs: longWindowMs }) }, new OutlierDetection(), new Reachability());
+    const counts = calledOf(path, first, calls, request, performance.now());
+    const shares = first.map((peer) => (counts.get(peer.url) ?? 0) / calls);
+    firstSnapshot.set(policy, { min: Math.min(...shares), max: Math.max(...shares), picksPerCall: count.all / calls });
+  }
+  const ramps: RampRun[] = [];
+  for (const aggression of aggressions) {
+    for (const [policy, balancer] of Object.entries(rampPolicies)) {
+      const points = rampPoints.map((at) => {
+        const count = { all: 0, of: 0 };
+        const slowStart = new SlowStart({ windowMs: longWindowMs, aggression, minWeightPercent });
+        const path = new PickPath({ balancer: counting(balancer(), newcomer, count), subsetSize: undefined, zones: undefined, slowStart }, new OutlierDetection(), new Reachability());
+        calledOf(path, first, warmCalls, request, performance.now());
+        // a new array, as a registry change hands the path; the build over it starts the ramp, `at` of the window ago
+        const joined = [...all];
+        const since = performance.now() - at * longWindowMs;
+        path.over(joined, since);
+        count.all = count.of = 0;
+        const counts = calledOf(path, joined, calls, request, since);
+        return { at, share: (counts.get(newcomer.url) ?? 0) / calls, expected: expectedShare(at, aggression), proposed: count.of / count.all };
+      });
+      ramps.push({ policy, aggression, points });
+    }
+  }
+  return { calls, firstSnapshot, ramps };
+}
+
+export function printSlowStart({ calls, firstSnapshot, ramps }: SlowStartResult): void {
+  const pct = (share: number) => (100 * share).toFixed(2);
+  const thousands = calls.toLocaleString("en-US");
+  console.log(`
+slow start: 9 instances in rotation, then a 10th joins; a PickPath with slowStart { windowMs, aggression, minWeightPercent ${minWeightPercent} } over the real policy, ${thousands} calls per point`);
+  // were the 9 ramping from 10 %, a call would take 1 + 0.9 + … + 0.9^8 picks (slow start passes over at most 8)
+  const rampingPicks = (1 - Math.pow(1 - minWeightPercent / 100, 9)) / (minWeightPercent / 100);
+  console.log(`  the first snapshot's instances are not ramped: each one's share of ${thousands} calls over the 9 at once (1/9 = 11.11 %), and the policy's picks per call`);
+  console.log(`  (1: slow start passed none over; ${rampingPicks.toFixed(2)} were the 9 ramping from ${minWeightPercent} %, whose shares would be equal too):`);
+  console.log(`  ${[...firstSnapshot].map(([policy, { min, max, picksPerCall }]) => `${policy} ${pct(min)}–${pct(max)} %, ${picksPerCall.toFixed(2)} picks per call`).join("   ")}`);
+  console.log(`  the newcomer's share of the calls, in %, t of the way into the window; expected f ÷ (9 + f), f = max(${minWeightPercent / 100}, (t ÷ window)^(1 ÷ aggression));`);
+  console.log(`  p2c's calls end at once, in 10 ms on every instance; "p2c proposes": the newcomer's share of p2c's own picks, those slow start passed over included;`);
+  console.log(`  the sampling error (1 sd) of a share p over ${thousands} calls is √(p(1 − p) ÷ ${thousands}): ${pct(Math.sqrt((0.011 * 0.989) / calls))} points at 1.1 %, ${pct(Math.sqrt((0.1 * 0.9) / calls))} at 10 %`);
+  for (const aggression of aggressions) {
+    const runs = ramps.filter((run) => run.aggression === aggression);
+    const row = (label: string, values: readonly number[]) => console.log(`    ${label.padEnd(16)}${values.map((v) => pct(v).padStart(8)).join("")}`);
+    console.log(`  aggression ${aggression}   ${rampPoints.map((at) => `${Math.round(100 * at)} %`.padStart(8)).join("")}`);
+    row("expected", runs[0]!.points.map((point) => point.expected));
+    for (const run of runs) row(run.policy, run.points.map((point) => point.share));
+    const p2cRun = runs.find((run) => run.policy === "p2c");
+    if (p2cRun !== undefined) row("p2c proposes", p2cRun.points.map((point) => point.proposed));
+  }
+  console.log(`  (passing over a ramping peer's pick weighs round_robin and random exactly; p2c proposes the newcomer more than 1 in 10 while it ramps — passed over, it`);
+  console.log(`   is called less, so its latency estimate is older and lower than the others' — and rejection sampling starts from that larger share)`);
+}
+
 export interface FleetResult {
   readonly subsetting: SubsettingResult;
   readonly zones: readonly ZoneRun[];
+  readonly slowStart: SlowStartResult;
 }
 
-/** Section 9 of `npm run bench`: subsetting, an instance leaving, then zone priority. */
+/** Section 9 of `npm run bench`: subsetting, an instance leaving, zone priority, then the ramp of a new instance under slow start. */
 export function measureFleet(request: PickRequest): FleetResult {
-  return { subsetting: measureSubsetting(request), zones: measureZones(request) };
+  return { subsetting: measureSubsetting(request), zones: measureZones(request), slowStart: measureSlowStart(request) };
 }
 
 export function printFleet(result: FleetResult): void {
   printSubsetting(result.subsetting);
   printZones(result.zones);
+  printSlowStart(result.slowStart);
 }

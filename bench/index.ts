@@ -302,10 +302,12 @@ let grpcComparison: GrpcComparison;
   printStartup(result);
 }
 
-// 9. Subsetting and zone priority at fleet scale (issue 16): 300 clients ×
-// 300 instances, each client the transport's real PickPath with its own
-// random seed; then one instance leaving; then where a client in az1 sends
-// its calls as az1's instances are ejected. A simulation of picks, no network.
+// 9. Subsetting, zone priority and slow start at fleet scale (issue 16): 300
+// clients × 300 instances, each client the transport's real PickPath with its
+// own random seed; then one instance leaving; then where a client in az1
+// sends its calls as az1's instances are ejected; then the share a 10th
+// instance gets through its slow-start ramp (round_robin, random, p2c;
+// aggression 1 and 2). A simulation of picks, no network.
 {
   const request = { method: UserService.method.getUser, header: new Headers(), contextValues: createContextValues(), attempt: 0 };
   printFleet(measureFleet(request));
