@@ -3,6 +3,7 @@ import type { DescMethod } from "@bufbuild/protobuf";
 import type { Peer } from "../peer.js";
 import { requestHeader } from "../request-header.js";
 import type { Attempt, AttemptFailure } from "./attempt.js";
+import { deliveryOf } from "./delivery.js";
 import type { RetryBudget } from "./retry-budget.js";
 
 /** One call as the retry loop sees it. */
@@ -34,13 +35,15 @@ export interface RetryPolicy {
 const noneTried: ReadonlySet<string> = new Set<string>();
 
 /**
- * Attempts on peers that could not be reached, per call, that do not count
- * toward maxAttempts: the request never left, and each such peer leaves the
- * picker at once, so during a rolling deploy a call is not failed by the
- * departed instances it met first. Bounded, as a failing network must not
+ * Attempts that no server processed, per call, that do not count toward
+ * maxAttempts: the connection could not be made (each such peer leaves the
+ * picker at once), or the server refused the stream or had announced GOAWAY
+ * below it — gRFC A6's transparent retries. So during a rolling deploy, or
+ * while several servers shut down gracefully, a call is not failed by the
+ * departing instances it met first. Bounded, as a failing network must not
  * make one call try a whole fleet.
  */
-const maxUnreachedAttempts = 4;
+const maxUnprocessedAttempts = 4;
 
 /**
  * Sends a call, and sends it again to another peer while that is safe and
@@ -48,8 +51,8 @@ const maxUnreachedAttempts = 4;
  * the caller has not aborted, the deadline has not passed, a peer is left to
  * try, and the retry budget allows it (resends after a connection failure
  * are not counted: that peer is ejected at once) — until a peer answers.
- * Attempts on peers that could not be reached do not count toward
- * maxAttempts (up to maxUnreachedAttempts). The attempt that answered is
+ * Attempts no server processed do not count toward maxAttempts (up to
+ * maxUnprocessedAttempts). The attempt that answered is
  * returned still open: the caller finishes it.
  */
 export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>): Promise<{ response: R; attempt: Attempt }> {
@@ -57,7 +60,7 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
   let tried = noneTried; // allocated on the first failure: most calls have none
   let earlier: string[] | undefined;
   let attempts = 0;
-  let unreached = 0;
+  let unprocessedAttempts = 0;
   let reread = false;
   let retries = 0;
   policy.budget.callStarted();
@@ -70,7 +73,8 @@ export async function untilResponse<R>(policy: RetryPolicy, call: RetriedCall<R>
         return { response: await call.send(attempt.entry.transport, attempt.pick.peer, headers, remainingOf(deadline), attempt), attempt };
       } catch (error) {
         const failure = policy.finish(attempt, error);
-        if (!failure.kind.notConnected || ++unreached > maxUnreachedAttempts) {
+        const unprocessed = failure.kind.notConnected || failure.kind.refused || deliveryOf(failure.error) === "unprocessed";
+        if (!unprocessed || ++unprocessedAttempts > maxUnprocessedAttempts) {
           attempts++;
         }
         tried = new Set([...tried, attempt.pick.peer.url]);
