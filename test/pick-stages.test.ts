@@ -237,6 +237,7 @@ describe("PickPath", () => {
 
     detection.record(all[2]!, "failed", 0, 9); // no healthy local peer: all spill
     expect(localCalls(served(path, all, 3_000))).toBe(0);
+    expect(path.over(all, 0).members).toEqual(all); // the caller's zone stays in stats(), out as it is
   });
 
   it("never takes more than `size` peers per zone priority, the local ones first", () => {

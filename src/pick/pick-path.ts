@@ -112,7 +112,8 @@ export class PickPath {
       return only(local);
     }
     if (share <= 0) {
-      return only(others);
+      // the caller's zone stays in view, out as it is: that is when an operator looks
+      return { ...only(others), members: [...local.members, ...others.members] };
     }
     const [pickLocal, pickOthers] = [local.pick!, others.pick!];
     return {
