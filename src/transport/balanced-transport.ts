@@ -133,6 +133,15 @@ export interface BalancedTransportOptions {
    */
   readonly slowStart?: SlowStartOptions;
   /**
+   * How long the open streams of a peer that left the registry may go on
+   * (default 30,000 ms): long enough for its graceful shutdown to end them.
+   * Then they are ended as `Unavailable` naming the peer, so that their
+   * callers open new ones on live peers, and its connection is closed. Its
+   * unary calls always finish; it gets no new calls from the moment the
+   * transport sees it gone.
+   */
+  readonly drainMs?: number;
+  /**
    * Keeps a background registry refresh alive on runtimes that freeze or end
    * work after the response: Cloudflare Workers' `waitUntil` from
    * "cloudflare:workers", Next.js' `after`. Called with each refresh a call starts.
@@ -205,7 +214,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const { discovery } = options;
   const where = discovery.describe(service);
   const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
-  const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }));
+  const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }), drainMsOf(options.drainMs));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const reachability = new Reachability();
   const slowStart = slowStartOf(options.slowStart, balancer);
@@ -394,6 +403,16 @@ function slowStartOf(options: SlowStartOptions | undefined, balancer: Balancer):
   }
   return new SlowStart(validSlowStart(options));
 }
+
+function drainMsOf(drainMs = defaultDrainMs): number {
+  if (!Number.isFinite(drainMs) || drainMs < 0) {
+    throw new ConnectError(`createBalancedTransport: drainMs must be a number of ms ≥ 0, got ${drainMs}`, Code.InvalidArgument);
+  }
+  return drainMs;
+}
+
+/** Long enough for a server's graceful shutdown to end its streams itself; grpc-go gives no bound at all (#6486). */
+const defaultDrainMs = 30_000;
 
 /** As kratos' `WithSubset` default. */
 const defaultSubsetSize = 25;

@@ -16,6 +16,8 @@ export interface PeerTransport extends AttemptCounters {
   /** The streams among them, each ended by its EndStream, from before their response on: a stream may stay open as long as its caller likes. */
   readonly streams: Set<EndStream>;
   retired: boolean;
+  /** Ends the streams still open when the drain of a retired peer runs out. */
+  drain?: ReturnType<typeof setTimeout>;
   /** performance.now() of the last attempt the peer answered successfully; -Infinity before. */
   answeredAt: number;
 }
@@ -33,6 +35,8 @@ export class PeerTransports {
   constructor(
     private readonly factory: PeerTransportFactory,
     private readonly onCloseFailed: (address: string, error: unknown) => void,
+    /** How long the open streams of a peer that left may run on before they are ended. */
+    private readonly drainMs: number,
   ) {}
 
   /** The peer's transport with one more call in flight; pair with release(). */
@@ -61,8 +65,10 @@ export class PeerTransports {
 
   /**
    * Drops the transports of peers no longer in the set: each closes once its
-   * unary calls in flight end; its open streams are ended then (they could
-   * stay open for ever, and their picks with them).
+   * calls in flight end. Its open streams get `drainMs` to end by themselves
+   * (a server shutting down gracefully ends them) before they are ended as
+   * Unavailable, so that their callers resubscribe to a live peer: a stream
+   * could otherwise stay open for ever, and its pick with it.
    */
   retain(peers: readonly Peer[]): void {
     const live = new Set(peers.map((p) => p.url));
@@ -82,6 +88,7 @@ export class PeerTransports {
     this.entries.clear();
     this.retiring.clear();
     for (const entry of all) {
+      clearTimeout(entry.drain);
       endStreams(entry, reason);
     }
     await Promise.all(all.map((entry) => this.close(entry)));
@@ -96,16 +103,37 @@ export class PeerTransports {
           this.closeWhenUnaryDone(entry);
         }
       },
-      delete: (end) => entry.streams.delete(end),
+      delete: (end) => {
+        entry.streams.delete(end);
+        if (entry.retired) {
+          this.closeWhenUnaryDone(entry);
+        }
+      },
     };
   }
 
+  /** Closes a retired peer's transport once only streams are left (and they ended, or their drain ran out). */
   private closeWhenUnaryDone(entry: PeerTransport): void {
-    if (entry.inflight > entry.streams.size || !this.retiring.delete(entry)) {
+    if (entry.inflight > entry.streams.size || !this.retiring.has(entry)) {
       return;
     }
-    endStreams(entry, markDelivery(new ConnectError(`peer ${entry.address} left the registry`, Code.Canceled), "canceled"));
-    void this.close(entry);
+    if (entry.streams.size === 0) {
+      this.finish(entry);
+    } else if (entry.drain === undefined) {
+      entry.drain = setTimeout(() => {
+        endStreams(entry, leftRegistry(entry.address, this.drainMs));
+        this.finish(entry);
+      }, this.drainMs);
+      // a drain must not keep a process alive; Workers' timers are numbers
+      (entry.drain as { unref?: () => void }).unref?.();
+    }
+  }
+
+  private finish(entry: PeerTransport): void {
+    if (this.retiring.delete(entry)) {
+      clearTimeout(entry.drain);
+      void this.close(entry);
+    }
   }
 
   private async close(entry: PeerTransport): Promise<void> {
@@ -120,6 +148,14 @@ export class PeerTransports {
       this.onCloseFailed(entry.address, error);
     }
   }
+}
+
+/** Ends a stream whose peer left the registry: Unavailable, as for a server gone, so that the caller opens a new one elsewhere. */
+function leftRegistry(address: string, drainMs: number): ConnectError {
+  return markDelivery(
+    new ConnectError(`peer ${address} left the registry: its stream was still open ${drainMs} ms later and was ended, so that a new one goes to a live peer`, Code.Unavailable),
+    "lost",
+  );
 }
 
 function endStreams(entry: PeerTransport, reason: ConnectError): void {
