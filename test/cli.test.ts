@@ -300,6 +300,27 @@ describe("pick", () => {
     expect(unkeyed.stderr).toContain("no --key: ring_hash sends calls without a hash key to a random peer");
   });
 
+  it("spreads over a subset of 25 by default, --subset N or off, and keeps to --zone while it is healthy", async () => {
+    for (let i = 0; i < 40; i++) {
+      const zoned = instance("fleet-svc", `i${i}`, 10_000 + i, { zone: i < 4 ? "az1" : "az2" });
+      await putKey(etcd.endpoint, `/microservices/fleet-svc/${zoned.id}`, JSON.stringify(zoned));
+    }
+    const distinct = async (...flags: string[]) => {
+      const { code, stdout } = await cli(["pick", "fleet-svc", "-n", "400", ...flags]);
+      expect(code).toBe(0);
+      return new Set(pickedIds(stdout));
+    };
+    expect((await distinct()).size).toBe(25);
+    expect((await distinct("--subset", "5")).size).toBe(5);
+    expect((await distinct("--subset", "off")).size).toBe(40);
+    expect(await distinct("--zone", "az1")).toEqual(new Set(["i0", "i1", "i2", "i3"]));
+    expect(await distinct("--zone", "eu-9", "--zone-key", "zone", "--subset", "off")).toHaveProperty("size", 40); // no local instance: all spill
+
+    const bad = await cli(["pick", "fleet-svc", "--subset", "0"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--subset must be a whole number from 1 to');
+  });
+
   it("fails when no instance has an endpoint of the wanted scheme", async () => {
     const { code, stderr } = await cli(["pick", "pick-svc", "--scheme", "https"]);
     expect(code).toBe(1);

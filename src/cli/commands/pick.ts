@@ -24,7 +24,7 @@ export async function pick({ discovery, service, flags, signal }: CommandContext
     throw new Error(peerSet.unavailable);
   }
   const zones = flags.zone === undefined ? undefined : { zone: flags.zone, zoneKey: flags.zoneKey };
-  const path = new PickPath({ balancer: resolveBalancer(flags.balancer), subsetSize: flags.subset, zones, seed: Math.floor(Math.random() * 2 ** 32) }, undefined, new Reachability());
+  const path = new PickPath({ balancer: resolveBalancer(flags.balancer), subsetSize: flags.subset, zones }, undefined, new Reachability());
   if (flags.balancer === "ring_hash" && flags.key === undefined) {
     console.error("connect-etcd-balancer: no --key: ring_hash sends calls without a hash key to a random peer");
   }
