@@ -105,22 +105,22 @@ describe("pickUntried", () => {
   const always = (peer: Peer): Picker => () => ({ peer });
 
   it("keeps the policy's pick when the call has not tried it", () => {
-    expect(pickUntried({ peers, pick: always(peers[0]!) }, peers, request, new Set()).peer).toBe(peers[0]);
+    expect(pickUntried({ peers, members: peers, pick: always(peers[0]!) }, request, new Set()).peer).toBe(peers[0]);
   });
 
   it("asks the policy again with a growing attempt number (ring_hash walks on)", () => {
     const asked: number[] = [];
     const walking: Picker = ({ attempt }) => (asked.push(attempt), { peer: peers[attempt % 3]! });
-    expect(pickUntried({ peers, pick: walking }, peers, request, new Set([peers[0]!.url])).peer).toBe(peers[1]);
+    expect(pickUntried({ peers, members: peers, pick: walking }, request, new Set([peers[0]!.url])).peer).toBe(peers[1]);
     expect(asked).toEqual([0, 1]);
   });
 
-  it("takes an untried healthy peer when the policy keeps missing, else any untried peer, and ends the passed-over picks", () => {
+  it("takes an untried peer of the picker's when the policy keeps missing, else an untried member, and ends the passed-over picks", () => {
     let ended = 0;
     const stubborn: Picker = () => ({ peer: peers[0]!, done: () => void ended++ });
     const tried = new Set([peers[0]!.url]);
-    expect(pickUntried({ peers: [peers[0]!, peers[1]!], pick: stubborn }, peers, request, tried).peer).toBe(peers[1]);
-    expect(pickUntried({ peers: [peers[0]!], pick: stubborn }, peers, request, tried).peer).not.toBe(peers[0]);
+    expect(pickUntried({ peers: [peers[0]!, peers[1]!], members: peers, pick: stubborn }, request, tried).peer).toBe(peers[1]);
+    expect(pickUntried({ peers: [peers[0]!], members: peers, pick: stubborn }, request, tried).peer).not.toBe(peers[0]);
     expect(ended).toBe(3); // the re-asked pick and the first one of the first call, the first of the second
   });
 });

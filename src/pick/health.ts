@@ -29,5 +29,6 @@ export function healthOf(peers: readonly Peer[], detection: OutlierDetection | u
   }
   const healthy = detection === undefined ? reachable : reachable.filter((peer) => !detection.isEjected(peer));
   const panic = panicAllowed && detection !== undefined && healthy.length * 100 < reachable.length * detection.panicThresholdPercent;
-  return { usable: panic ? reachable : healthy, healthy: healthy.length, noneReachable: false };
+  // every reachable peer ejected with panic turned off (threshold 0): calls go on to them rather than nowhere
+  return { usable: panic || healthy.length === 0 ? reachable : healthy, healthy: healthy.length, noneReachable: false };
 }

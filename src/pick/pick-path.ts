@@ -93,7 +93,7 @@ export class PickPath {
     const { detection, reachability } = this;
     if (zones === undefined) {
       const ranked = this.local.rank(all);
-      return only(this.ramped([this.local.over(ranked, healthOf(ranked, detection, reachability, true))], now)[0]!);
+      return only(this.ramped([this.local.over(ranked, healthOf(ranked, detection, reachability, true), this.options.subsetSize)], now)[0]!);
     }
     if (this.split?.all !== all) {
       this.split = { all, ...splitByZone(all, zones) };
@@ -106,8 +106,11 @@ export class PickPath {
     if (!fullyAvailable([{ ...localHealth, total: localRanked.length }, { ...othersHealth, total: othersRanked.length }])) {
       [localHealth, othersHealth] = healthOfBoth(true);
     }
-    const [local, others] = this.ramped([this.local.over(localRanked, localHealth), this.others.over(othersRanked, othersHealth)], now) as [Group, Group];
-    const share = localShare({ ...local.health, total: local.total }, others.health);
+    const share = localShare({ ...localHealth, total: localRanked.length }, { ...othersHealth, total: othersRanked.length });
+    // the other zones' subset only as large as the spill-over needs, so that a client connects to few of them
+    const size = this.options.subsetSize;
+    const othersSize = size === undefined ? undefined : Math.max(1, Math.ceil(size * (1 - share)));
+    const [local, others] = this.ramped([this.local.over(localRanked, localHealth, size), this.others.over(othersRanked, othersHealth, othersSize)], now) as [Group, Group];
     if (share >= 1) {
       return only(local);
     }
@@ -147,6 +150,7 @@ function inRegistryOrder(all: readonly Peer[], members: readonly Peer[]): readon
   return all.filter((peer) => chosen.has(peer));
 }
 
+/** The group's picker as the path's; the stages above never hand up a group without peers. */
 function only(group: Group): PickablePeers {
   return { members: group.members, peers: group.chosen, pick: group.pick!, noneReachable: group.health.noneReachable };
 }
@@ -165,9 +169,8 @@ class GroupStage {
     return this.ranking?.rank(peers) ?? peers;
   }
 
-  /** The group over `ranked` (from rank()) with its health. */
-  over(ranked: readonly Peer[], health: Health): Group {
-    const size = this.options.subsetSize;
+  /** The group over `ranked` (from rank()) with its health, on a subset of `size` (undefined: all usable peers). */
+  over(ranked: readonly Peer[], health: Health, size: number | undefined): Group {
     const { chosen, members } = size === undefined ? { chosen: health.usable, members: ranked } : takeSubset(ranked, health.usable, size);
     return { health, total: ranked.length, chosen, members, pick: chosen.length === 0 ? undefined : this.pickerOver(chosen) };
   }

@@ -9,8 +9,7 @@ import type { Peer } from "../peer.js";
  * client spreads the clients over the fleet).
  */
 export class RendezvousRanking {
-  private readonly scores = new Map<string, number>();
-  private ranked: { readonly peers: readonly Peer[]; readonly order: readonly Peer[] } | undefined;
+  private ranked: { readonly peers: readonly Peer[]; readonly order: readonly Scored[]; readonly ranking: readonly Peer[] } | undefined;
 
   /** `seed` defaults to 32 random bits, drawn at the first ranking: Workers refuse random values in global scope, where transports are often made. */
   constructor(private seed?: number) {}
@@ -18,20 +17,61 @@ export class RendezvousRanking {
   /** The peers by falling score, the same array while `peers` is; ties by address. */
   rank(peers: readonly Peer[]): readonly Peer[] {
     if (this.ranked?.peers === peers) {
-      return this.ranked.order;
+      return this.ranked.ranking;
     }
     const seed = (this.seed ??= Math.floor(Math.random() * 2 ** 32));
-    const scores = new Map<string, number>();
-    for (const peer of peers) {
-      scores.set(peer.url, this.scores.get(peer.url) ?? rendezvousScore(peer.url, seed));
-    }
-    // Kept for the peers of the last ranking only: the memory follows the registry.
-    this.scores.clear();
-    scores.forEach((score, url) => this.scores.set(url, score));
-    const order = [...peers].sort((a, b) => scores.get(b.url)! - scores.get(a.url)! || (a.url < b.url ? -1 : a.url > b.url ? 1 : 0));
-    this.ranked = { peers, order };
-    return order;
+    const order = (this.ranked === undefined ? undefined : reorder(this.ranked.order, peers, seed)) ?? peers.map((peer) => ({ peer, score: rendezvousScore(peer.url, seed) })).sort(byScore);
+    this.ranked = { peers, order, ranking: order.map((scored) => scored.peer) };
+    return this.ranked.ranking;
   }
+}
+
+interface Scored {
+  readonly peer: Peer;
+  readonly score: number;
+}
+
+function byScore(a: Scored, b: Scored): number {
+  return b.score - a.score || (a.peer.url < b.peer.url ? -1 : a.peer.url > b.peer.url ? 1 : 0);
+}
+
+/**
+ * The last order carried over to `peers`: the peers that stayed keep their
+ * scores and places (taking their new Peer objects), the new ones are put in
+ * by binary search. Undefined when so much changed that sorting afresh is
+ * cheaper. A registry change of one instance among 20,000 costs a pass, not a sort.
+ */
+function reorder(last: readonly Scored[], peers: readonly Peer[], seed: number): Scored[] | undefined {
+  const byUrl = new Map<string, Peer>();
+  for (const peer of peers) {
+    byUrl.set(peer.url, peer);
+  }
+  const order: Scored[] = [];
+  for (const scored of last) {
+    const now = byUrl.get(scored.peer.url);
+    if (now !== undefined) {
+      order.push(now === scored.peer ? scored : { peer: now, score: scored.score });
+      byUrl.delete(now.url);
+    }
+  }
+  if (byUrl.size * 8 > peers.length) {
+    return undefined;
+  }
+  for (const peer of byUrl.values()) {
+    const scored = { peer, score: rendezvousScore(peer.url, seed) };
+    let low = 0;
+    let high = order.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (byScore(order[middle]!, scored) < 0) {
+        low = middle + 1;
+      } else {
+        high = middle;
+      }
+    }
+    order.splice(low, 0, scored);
+  }
+  return order;
 }
 
 /**

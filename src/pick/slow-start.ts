@@ -70,16 +70,19 @@ export class SlowStart {
     return Math.max(this.minFactor, Math.pow(Math.max(elapsed, 0) / this.windowMs, this.exponent));
   }
 
-  /** `pick` over `peers`, weighted by the ramps of those ramping; `pick` itself when none is. */
+  /** `pick` over `peers`, weighted by the ramps of those ramping; `pick` itself when none is, or all are. */
   wrap(pick: Picker, peers: readonly Peer[], now: number): Picker {
     let rampsEnd = -Infinity;
+    let ramping = 0;
     for (const peer of peers) {
       const since = this.rampingSince.get(peer.url);
-      if (since !== undefined) {
+      if (since !== undefined && since + this.windowMs > now) {
         rampsEnd = Math.max(rampsEnd, since + this.windowMs);
+        ramping++;
       }
     }
-    if (rampsEnd <= now) {
+    // with every peer ramping (a whole fleet swapped at once) there is no one to shift calls to
+    if (ramping === 0 || ramping === peers.length) {
       return pick;
     }
     return (request) => {

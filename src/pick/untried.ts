@@ -9,9 +9,11 @@ export const passedOver: CallResult = Object.freeze({ error: new ConnectError("p
  * Picks a peer for one attempt, passing over the peers this call already
  * tried while others remain: the policy is asked again (a deterministic one,
  * ring_hash, moves to its next candidate); if its choices keep missing, an
- * untried healthy peer — else any untried peer — is taken at random.
+ * untried peer of those the picker chooses from — else of the members, out
+ * of order as they may be — is taken at random. Never a peer outside the
+ * members: a retry must not open connections beyond the subset and zone.
  */
-export function pickUntried(pickable: { readonly peers: readonly Peer[]; readonly pick: Picker }, all: readonly Peer[], request: Omit<PickRequest, "attempt">, tried: ReadonlySet<string>): Pick {
+export function pickUntried(pickable: { readonly peers: readonly Peer[]; readonly members: readonly Peer[]; readonly pick: Picker }, request: Omit<PickRequest, "attempt">, tried: ReadonlySet<string>): Pick {
   let pick = pickable.pick({ ...request, attempt: 0 });
   if (tried.size === 0 || !tried.has(pick.peer.url)) {
     return pick;
@@ -20,7 +22,7 @@ export function pickUntried(pickable: { readonly peers: readonly Peer[]; readonl
     pick.done?.(passedOver, 0);
     pick = pickable.pick({ ...request, attempt });
   }
-  const untried = tried.has(pick.peer.url) ? (untriedOf(pickable.peers, tried) ?? untriedOf(all, tried)) : undefined;
+  const untried = tried.has(pick.peer.url) ? (untriedOf(pickable.peers, tried) ?? untriedOf(pickable.members, tried)) : undefined;
   if (untried === undefined) {
     return pick;
   }

@@ -11,11 +11,16 @@ export interface ZoneOptions {
 
 /**
  * Envoy's overprovisioning factor: a zone whose healthy share times 1.4 is
- * still at least 1 (≥ 72 % healthy) keeps all its calls; below, the rest
+ * still at least 1 (≥ 5 of 7, 71.4 %, healthy) keeps all its calls; below, the rest
  * spill over. Capacity is provisioned with headroom, so a few peers out do
  * not justify paying for cross-zone traffic.
  */
 export const overprovisioningFactor = 1.4;
+
+/** min(1, 1.4 × healthy ÷ total), as 7 × healthy ÷ (5 × total): exactly 1 at 5 of 7 healthy, where 1.4 × 5 ÷ 7 rounds below it. */
+function overprovisioned(healthy: number, total: number): number {
+  return Math.min(1, (7 * healthy) / (5 * total));
+}
 
 /** The caller's zone's peers (priority 0) and every other peer (priority 1); a peer without the key is in no zone, never local. */
 export function splitByZone(peers: readonly Peer[], { zone, zoneKey }: ZoneOptions): { local: Peer[]; others: Peer[] } {
@@ -33,14 +38,17 @@ export function splitByZone(peers: readonly Peer[], { zone, zoneKey }: ZoneOptio
  * none with no healthy local peer — unless the other zones have no healthy
  * peer either (then the zone that can at least be reached keeps the calls).
  */
-export function localShare(local: Health & { readonly total: number }, others: Health): number {
+export function localShare(local: Health & { readonly total: number }, others: Health & { readonly total: number }): number {
   if (local.total === 0) {
     return 0;
+  }
+  if (others.total === 0) {
+    return 1;
   }
   if (others.healthy === 0) {
     return local.healthy > 0 || !local.noneReachable || others.noneReachable ? 1 : 0;
   }
-  return Math.min(1, (overprovisioningFactor * local.healthy) / local.total);
+  return overprovisioned(local.healthy, local.total);
 }
 
 /**
@@ -52,7 +60,7 @@ export function localShare(local: Health & { readonly total: number }, others: H
 export function fullyAvailable(zones: readonly { readonly healthy: number; readonly total: number }[]): boolean {
   let availability = 0;
   for (const { healthy, total } of zones) {
-    availability += total === 0 ? 0 : Math.min(1, (overprovisioningFactor * healthy) / total);
+    availability += total === 0 ? 0 : overprovisioned(healthy, total);
   }
   return availability >= 1;
 }

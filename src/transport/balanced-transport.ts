@@ -72,14 +72,17 @@ export interface BalancedTransportOptions {
    * others keep their connections and statistics. A member that is ejected
    * or cannot be reached is stood in for by the next-ranked peer while it is
    * out. `ring_hash` is never subset: its affinity needs every client to see
-   * the same ring. With `zone`, each zone priority has its own subset.
+   * the same ring (a policy of your own with such affinity needs `false`).
+   * With `zone`, the caller's zone has a subset of `size`, the other zones
+   * one only as large as the calls spilling over to them need. A retry stays
+   * within the subset.
    */
   readonly subset?: { readonly size: number } | false;
   /**
    * The caller's zone, e.g. the AZ ID "use1-az1" (on Lambda the
    * `AvailabilityZoneID` of the execution environment's metadata; see the
    * README for ECS, EC2 and Kubernetes). Calls stay on instances of this
-   * zone (metadata `zoneKey`) while at least 1 / 1.4 (72 %) of them are
+   * zone (metadata `zoneKey`) while at least 5 of 7 (1 / 1.4) of them are
    * healthy; below that, that share × 1.4 stays and the rest spills over to
    * the other zones, in proportion to their healthy peers (Envoy's priority
    * levels with overprovisioning factor 1.4); with no healthy local peer
@@ -282,7 +285,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
         set = await usablePeers(call.signal, remainingMs);
         pickable = path.over(set.peers, performance.now());
       }
-      const pick = pickUntried(pickable, set.peers, { method: call.method, header, contextValues: call.contextValues }, tried);
+      const pick = pickUntried(pickable, { method: call.method, header, contextValues: call.contextValues }, tried);
       return beginAttempt(scope, pick, call.method, call.signal, call.contextValues);
     },
     finish: (attempt, error) => finishAttempt(scope, attempt, error)!,
@@ -290,7 +293,7 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
       await awaitFreshRead(call.signal, remainingMs);
       await usablePeers(call.signal, remainingMs).catch(() => {}); // the new peers, if any; the last failure stands otherwise
     },
-    hasUntried: (tried) => peerSet !== undefined && peerSet.peers.some((peer) => !tried.has(peer.url)),
+    hasUntried: (tried) => peerSet?.unavailable === undefined && path.over(peerSet!.peers, performance.now()).members.some((peer) => !tried.has(peer.url)),
   };
 
   return {
@@ -384,14 +387,14 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
 
 /** Peers per subset: 25 unless turned off; ring_hash never, as its affinity needs every client to see the same ring. */
 function subsetSizeOf(subset: BalancedTransportOptions["subset"], balancer: Balancer): number | undefined {
-  if (subset === false || balancer.name === "ring_hash") {
+  if (subset === false) {
     return undefined;
   }
   const size = subset?.size ?? defaultSubsetSize;
   if (!Number.isInteger(size) || size < 1) {
     throw new ConnectError(`createBalancedTransport: subset.size must be an integer ≥ 1, got ${size}`, Code.InvalidArgument);
   }
-  return size;
+  return balancer.name === "ring_hash" ? undefined : size;
 }
 
 function slowStartOf(options: SlowStartOptions | undefined, balancer: Balancer): SlowStart | undefined {
