@@ -18,6 +18,7 @@ import { startUserServer } from "../support/user-server.js";
 import { balancedNodeHttp2, bareNodeHttp2, compareClients, connectNodeGrpc, grpcJsRoundRobin, printComparison, startEchoServersProcess, type GrpcComparison } from "./grpc-clients.js";
 import { pickScaleCandidates, printPickScale } from "./pick-scale.js";
 import { measureFleet, printFleet } from "./fleet.js";
+import { measureRegistryChange, printRegistryChange } from "./registry-change.js";
 import { measureStartup, printStartup } from "./startup.js";
 import { barChartSvg } from "./svg.js";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -313,7 +314,12 @@ let grpcComparison: GrpcComparison;
   printFleet(measureFleet(request));
 }
 
-// 10. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
+// 10. The cost of one registry change with `watch: true`, at 1,000 and 20,000
+// instances in a real etcd: CPU, the longest event-loop block, the time until
+// the transport sees it, and the heap per instance.
+printRegistryChange([await measureRegistryChange(1_000), await measureRegistryChange(20_000)]);
+
+// 11. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
 {
   const docs = fileURLToPath(new URL("../docs/", import.meta.url));
   mkdirSync(docs, { recursive: true });

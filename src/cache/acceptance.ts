@@ -73,12 +73,24 @@ export function acceptRead(state: CacheState, next: Snapshot): Verdict {
   return { state: { ...base, snapshot: next, servingOverEmpty }, etcdReset, events };
 }
 
-/** The entries a read skipped that the previous read taken did not: a key whose reason changed counts as new. */
+/**
+ * The entries a read skipped that the previous read taken did not: a key
+ * whose reason changed counts as new. An entry the discovery carried over
+ * from the previous read (the same object) is known at once.
+ */
 function newlySkipped(reported: readonly SkippedEntry[], next: Snapshot): BalancerEvent[] {
-  const seen = new Set(reported.map(identity));
-  return next.skipped
-    .filter((entry) => !seen.has(identity(entry)))
-    .map(({ key, reason }) => ({ type: "entry_skipped", service: next.service, key, reason }));
+  if (next.skipped === reported || next.skipped.length === 0) {
+    return [];
+  }
+  const same = new Set<SkippedEntry>(reported);
+  let seen: Set<string> | undefined;
+  const events: BalancerEvent[] = [];
+  for (const entry of next.skipped) {
+    if (!same.has(entry) && !(seen ??= new Set(reported.map(identity))).has(identity(entry))) {
+      events.push({ type: "entry_skipped", service: next.service, key: entry.key, reason: entry.reason });
+    }
+  }
+  return events;
 }
 
 /** What makes a report the same one; not the value, which a report does not carry (see entry_skipped). */
@@ -99,6 +111,27 @@ export function acceptRestored(state: CacheState, stored: Snapshot): Verdict {
   };
 }
 
+/**
+ * Whether two snapshots list the same instances and skipped entries. Entries
+ * are compared one by one, by identity first: a discovery that carries
+ * unchanged instances over from one snapshot to the next (etcdDiscovery
+ * does) makes this a pass over pointers, not a serialisation of the registry.
+ */
 function sameContent(a: Snapshot, b: Snapshot): boolean {
-  return JSON.stringify([a.instances, a.skipped]) === JSON.stringify([b.instances, b.skipped]);
+  return sameList(a.instances, b.instances) && sameList(a.skipped, b.skipped);
+}
+
+function sameList<T>(a: readonly T[], b: readonly T[]): boolean {
+  if (a === b) {
+    return true;
+  }
+  if (a.length !== b.length) {
+    return false;
+  }
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) {
+      return false;
+    }
+  }
+  return true;
 }

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Discovery, Snapshot } from "../discovery/discovery.js";
+import type { Discovery, RegistryUpdate, Snapshot } from "../discovery/discovery.js";
 import { notify, type BalancerEvent, type EventListener } from "../events.js";
 import { acceptRead, acceptRestored, initialState, type CacheState } from "./acceptance.js";
 import { withinCall } from "./signals.js";
@@ -20,6 +20,12 @@ const retryAfterMs = 1_000;
  * the registry all along, is followed at this pace.
  */
 const earlyReadGapMs = 1_000;
+
+/**
+ * Most watch updates held while a read is in flight, to be applied after it.
+ * Past it they are dropped and the registry is read again instead.
+ */
+const maxPendingUpdates = 1_000;
 
 /** A transport holding the snapshot: told of its events until it releases it. */
 export interface Holder {
@@ -60,6 +66,15 @@ export class SharedSnapshot {
   private waiting = 0;
   /** A change was seen while a read was in flight: read again once it ends. */
   private readAgain = false;
+  /**
+   * The registry as last taken from the discovery (a read, or a watch update
+   * applied to one): what the next update applies to, and what the next read
+   * may reuse decoded entries of. It is not always what is served: an empty
+   * registry is taken here, while the last instances keep serving.
+   */
+  private base: Snapshot | undefined;
+  /** Watch updates that came while a read was in flight: applied, in order, once it ends. */
+  private pending: RegistryUpdate[] = [];
   /** Date.now() before which no early read starts, and the gap the next one sets. */
   private earlyReadAfter = 0;
   private earlyGapMs = earlyReadGapMs;
@@ -115,7 +130,7 @@ export class SharedSnapshot {
     // A read abandoned by release() neither updates the cache nor reports, so
     // it cannot disturb a read started for a transport created after it.
     const promise = discovery
-      .load(this.service, controller.signal)
+      .load(this.service, controller.signal, this.base)
       .then(checkRevision)
       .then(
         (next) => (controller.signal.aborted ? next : this.accept(next, discovery)),
@@ -131,9 +146,13 @@ export class SharedSnapshot {
           return;
         }
         this.inflight = undefined;
+        const pending = this.pending;
+        this.pending = [];
         if (this.readAgain) {
-          this.readAgain = false;
+          this.readAgain = false; // that read covers the pending updates too
           this.refresh().catch(() => {}); // reported as a discovery_failed event
+        } else if (!controller.signal.aborted) {
+          pending.forEach((update) => this.changed(update));
         }
       });
     this.inflight = { promise, controller };
@@ -206,6 +225,7 @@ export class SharedSnapshot {
     this.inflight?.controller.abort(new ConnectError(reason, Code.Canceled));
     this.inflight = undefined;
     this.readAgain = false;
+    this.pending = [];
   }
 
   /** Watches again from the current revision (after etcd's revisions started over). */
@@ -226,15 +246,37 @@ export class SharedSnapshot {
     this.watching = controller;
     void watchLoop(discovery.watch.bind(discovery), this.service, controller.signal, {
       revision: () => this.state.revision,
-      changed: () => this.changed(),
+      changed: (update) => this.changed(update),
       failed: (error) => this.fail(error, discovery),
     });
   }
 
-  /** The registry changed: read it now, or right after the read in flight. */
-  private changed(): void {
-    if (this.holders.size === 0) {
+  /**
+   * The registry changed. With an update, it is applied to the snapshot held
+   * (after the read in flight, if any), at a cost in proportion to the change;
+   * without one, or when it cannot be applied, the registry is read now, or
+   * right after the read in flight.
+   */
+  private changed(update?: RegistryUpdate): void {
+    const discovery = this.discovery;
+    if (this.holders.size === 0 || discovery === undefined) {
       return;
+    }
+    if (update !== undefined && this.base !== undefined && !this.readAgain) {
+      if (this.inflight !== undefined) {
+        if (this.pending.push(update) <= maxPendingUpdates) {
+          return;
+        }
+        this.pending = [];
+      } else {
+        const next = applied(update, this.base);
+        if (next !== undefined) {
+          if (next !== this.base) {
+            this.take(next, discovery);
+          }
+          return;
+        }
+      }
     }
     this.freshUntil = 0;
     if (this.inflight !== undefined) {
@@ -244,8 +286,24 @@ export class SharedSnapshot {
     }
   }
 
+  /** A snapshot a watch update made: taken by the rules of a read; one that breaks them is read afresh. */
+  private take(next: Snapshot, discovery: Discovery): void {
+    try {
+      this.accept(checkRevision(next), discovery);
+    } catch (error) {
+      this.fail(error, discovery);
+      this.changed();
+    }
+  }
+
   private accept(next: Snapshot, discovery: Discovery): Snapshot {
     const verdict = acceptRead(this.state, next);
+    if (verdict.state.lowerReads === 0) {
+      this.base = next; // taken: later updates apply to it
+    }
+    if (verdict.etcdReset) {
+      this.pending = []; // changes of the etcd that was replaced
+    }
     this.state = verdict.state;
     const served = verdict.state.snapshot!;
     this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(discovery.ttlMs, retryAfterMs) : discovery.ttlMs);
@@ -319,6 +377,15 @@ export class SharedSnapshot {
         notify(holder.listener, event);
       }
     }
+  }
+}
+
+/** The snapshot after an update; undefined (read afresh) when the discovery cannot make it, or fails to. */
+function applied(update: RegistryUpdate, base: Snapshot): Snapshot | undefined {
+  try {
+    return update.applyTo(base);
+  } catch {
+    return undefined;
   }
 }
 

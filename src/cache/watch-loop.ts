@@ -1,4 +1,4 @@
-import type { Discovery } from "../discovery/discovery.js";
+import type { Discovery, RegistryUpdate } from "../discovery/discovery.js";
 import { pause } from "./signals.js";
 
 /** A watch open at least this long before it broke counts as having worked. */
@@ -13,8 +13,8 @@ const maxWatchBackoffMs = 4_000;
 export interface WatchLoopHooks {
   /** The revision to watch after: the highest read so far. */
   revision(): number;
-  /** The registry changed, or a broken watch may have missed a change: read it. */
-  changed(): void;
+  /** The registry changed as the update says, or (without one) in ways a read must tell, or a broken watch may have missed a change. */
+  changed(update?: RegistryUpdate): void;
   /** The watch broke; it is opened again after a backoff. */
   failed(error: unknown): void;
 }
@@ -30,7 +30,7 @@ export async function watchLoop(
   let openedAt: number | undefined;
   const listener = {
     opened: () => (openedAt = Date.now()),
-    changed: () => hooks.changed(),
+    changed: (update?: RegistryUpdate) => hooks.changed(update),
   };
   while (!signal.aborted) {
     try {

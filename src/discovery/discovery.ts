@@ -24,13 +24,19 @@ export interface Discovery {
   readonly ttlMs: number;
   /** Where the instances are looked up, for error messages; never contains secrets. */
   describe(service: string): string;
-  /** Reads the current instances of a service. Rejects with a ConnectError. */
-  load(service: string, signal: AbortSignal): Promise<Snapshot>;
+  /**
+   * Reads the current instances of a service. Rejects with a ConnectError.
+   * `previous` is the last snapshot this discovery gave the cache for the
+   * service, if any: a discovery may reuse what it decoded for the entries
+   * that did not change since.
+   */
+  load(service: string, signal: AbortSignal, previous?: Snapshot): Promise<Snapshot>;
   /**
    * Optional: follows changes after `afterRevision`, telling the listener when
    * the watch is open and when the service's entries change, until the signal
-   * aborts (resolves) or the watch breaks (rejects). The cache then reads the
-   * new snapshot with load().
+   * aborts (resolves) or the watch breaks (rejects). A change that comes with
+   * an update is applied to the snapshot the cache holds; one without is read
+   * with load().
    */
   watch?(service: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void>;
   /** Optional: a copy of the snapshots kept outside the process, for cold starts with the registry unreachable. */
@@ -48,5 +54,20 @@ export interface SnapshotPersistence {
 export interface WatchListener {
   /** The watch is established: a later break is a new failure, not a continuing one. */
   opened(): void;
-  changed(): void;
+  /** The service's entries changed: as `update` says, or, without one, in ways only a read can tell. */
+  changed(update?: RegistryUpdate): void;
+}
+
+/** Changes a watch saw, in the order etcd made them. */
+export interface RegistryUpdate {
+  /** The revision of the last change it holds. */
+  readonly revision: number;
+  /**
+   * The snapshot after these changes, made from the one the cache last took
+   * from this discovery (a read, or an earlier update): unchanged entries keep
+   * their Instance objects. Changes at or below `base.revision` are already
+   * in it and are passed over. Undefined when it cannot be made from `base`
+   * (one this discovery did not make): the cache reads the registry instead.
+   */
+  applyTo(base: Snapshot): Snapshot | undefined;
 }

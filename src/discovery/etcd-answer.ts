@@ -6,15 +6,24 @@
  * the last good snapshot meanwhile — better than a partial registry.
  */
 
+import type { RegistryEntry, RegistryEvent } from "./decode.js";
+
 export interface RangeAnswer {
   readonly revision: number;
-  readonly kvs: readonly { readonly key: string; readonly value: string }[];
+  readonly kvs: readonly Required<RegistryEntry>[];
+  /** A range asked with a limit stopped there: more keys follow the last one. */
+  readonly more: boolean;
+  /** The last key as etcd sent it (bytes, which its text may not keep): where the next page starts. */
+  readonly lastKey: Uint8Array | undefined;
 }
 
 /** A watch response line, reduced to what the watch acts on. */
 export interface WatchLine {
   readonly created: boolean;
-  readonly changed: boolean;
+  /** The changes it reports, in etcd's order. */
+  readonly events: readonly RegistryEvent[];
+  /** etcd split one response into lines (fragment): this one is not its last. */
+  readonly fragment: boolean;
   /** Why etcd ended the watch; undefined while it goes on. */
   readonly ended: string | undefined;
 }
@@ -80,12 +89,17 @@ function checkShape(text: string, limit: number): void {
 }
 
 export function rangeAnswer(answer: unknown): RangeAnswer {
-  const { header, kvs } = object(answer, "is not a JSON object");
+  const { header, kvs, more } = object(answer, "is not a JSON object");
   const revision = checkedRevision(object(header, "has no header object").revision, "header.revision");
   if (kvs !== undefined && !Array.isArray(kvs)) {
     throw new MalformedAnswer("has kvs that is not a list");
   }
-  return { revision, kvs: (kvs ?? []).map(keyValue) };
+  if (more !== undefined && typeof more !== "boolean") {
+    throw new MalformedAnswer("has more that is not a boolean");
+  }
+  const entries = (kvs ?? []).map(keyValue);
+  const lastKey = entries.length === 0 ? undefined : base64Bytes((kvs as { key: string }[])[entries.length - 1]!.key, "the last key");
+  return { revision, kvs: entries, more: more === true, lastKey };
 }
 
 /** One line of a watch stream; `ended` is etcd's own text, to be shown only once sanitised. */
@@ -94,20 +108,40 @@ export function watchLine(line: unknown): WatchLine {
   if (error !== undefined) {
     // grpc-gateway v2 (etcd 3.6) ends a stream with {"error":{"code","message"}}
     const message = typeof error === "string" ? error : (error as { message?: unknown } | null)?.message;
-    return { created: false, changed: false, ended: typeof message === "string" && message !== "" ? message : "error" };
+    return { ...noChange, ended: typeof message === "string" && message !== "" ? message : "error" };
   }
-  const { created, events, canceled, cancel_reason, compact_revision } = object(result, "has no result object");
+  const { created, events, fragment, canceled, cancel_reason, compact_revision } = object(result, "has no result object");
   if (events !== undefined && !Array.isArray(events)) {
     throw new MalformedAnswer("has events that is not a list");
   }
   if (canceled !== true) {
-    return { created: created === true, changed: (events?.length ?? 0) > 0, ended: undefined };
+    return { created: created === true, events: (events ?? []).map(watchEvent), fragment: fragment === true, ended: undefined };
   }
   if (typeof cancel_reason === "string" && cancel_reason !== "") {
-    return { created: false, changed: false, ended: cancel_reason };
+    return { ...noChange, ended: cancel_reason };
   }
   const compacted = compact_revision === undefined ? 0 : checkedRevision(compact_revision, "compact_revision");
-  return { created: false, changed: false, ended: compacted > 0 ? `compacted up to revision ${compacted}` : "canceled" };
+  return { ...noChange, ended: compacted > 0 ? `compacted up to revision ${compacted}` : "canceled" };
+}
+
+const noChange = { created: false, events: [], fragment: false } as const;
+
+/** etcd's Event: type PUT (0, left out) or DELETE (1), and the kv after it; a deleted kv holds its key and mod_revision only. */
+function watchEvent(entry: unknown, index: number): RegistryEvent {
+  const { type, kv } = object(entry, `has events[${index}] that is not an object`);
+  const { key, value, mod_revision } = object(kv, `has events[${index}] without a kv object`);
+  if (typeof key !== "string" || (value !== undefined && typeof value !== "string")) {
+    throw new MalformedAnswer(`has events[${index}] without a text key and value`);
+  }
+  const revision = checkedRevision(mod_revision, `events[${index}].kv.mod_revision`);
+  const text = fromBase64(key, `events[${index}].kv.key`);
+  if (type === undefined || type === "PUT" || type === 0) {
+    return { kind: "put", key: text, value: fromBase64(value ?? "", `events[${index}].kv.value`), revision };
+  }
+  if (type === "DELETE" || type === 1) {
+    return { kind: "delete", key: text, revision };
+  }
+  throw new MalformedAnswer(`has events[${index}] of a type that is neither PUT nor DELETE`);
 }
 
 /** A revision as etcd sends int64s: a decimal string (or a number) of a non-negative safe integer. */
@@ -119,13 +153,14 @@ function checkedRevision(value: unknown, field: string): number {
   return revision;
 }
 
-function keyValue(entry: unknown, index: number): { key: string; value: string } {
-  const { key, value } = object(entry, `has kvs[${index}] that is not an object`);
+function keyValue(entry: unknown, index: number): Required<RegistryEntry> {
+  const { key, value, mod_revision } = object(entry, `has kvs[${index}] that is not an object`);
   if (typeof key !== "string" || (value !== undefined && typeof value !== "string")) {
     throw new MalformedAnswer(`has kvs[${index}] without a text key and value`);
   }
-  // etcd leaves out an empty value
-  return { key: fromBase64(key, `kvs[${index}].key`), value: fromBase64(value ?? "", `kvs[${index}].value`) };
+  // etcd leaves out an empty value; without a mod_revision the entry is decoded on every read
+  const modRevision = mod_revision === undefined ? 0 : checkedRevision(mod_revision, `kvs[${index}].mod_revision`);
+  return { key: fromBase64(key, `kvs[${index}].key`), value: fromBase64(value ?? "", `kvs[${index}].value`), modRevision };
 }
 
 function object(value: unknown, problem: string): Record<string, unknown> {
@@ -148,6 +183,10 @@ export function toBase64(bytes: string | Uint8Array): string {
 }
 
 function fromBase64(text: string, field: string): string {
+  return decoder.decode(base64Bytes(text, field));
+}
+
+function base64Bytes(text: string, field: string): Uint8Array {
   let binary: string;
   try {
     binary = atob(text);
@@ -158,7 +197,7 @@ function fromBase64(text: string, field: string): string {
   for (let i = 0; i < binary.length; i++) {
     bytes[i] = binary.charCodeAt(i);
   }
-  return decoder.decode(bytes);
+  return bytes;
 }
 
 /** The range end that selects every key starting with prefix: its last byte below 0xff incremented. */

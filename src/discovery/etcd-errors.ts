@@ -20,6 +20,7 @@ const knownMessages = {
   invalidToken: "etcdserver: invalid auth token",
   userEmpty: "etcdserver: user name is empty",
   authOld: "etcdserver: revision of auth store is old",
+  compacted: "etcdserver: mvcc: required revision has been compacted", // a read at a revision etcd no longer keeps
 } as const;
 
 export type KnownMessage = keyof typeof knownMessages;

@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { redactUrl } from "../redact.js";
 import { boundedLines } from "./bounded-body.js";
-import type { WatchListener } from "./discovery.js";
+import { compareKeys, type RegistryEvent } from "./decode.js";
 import { parseJson, prefixEnd, rangeAnswer, toBase64, watchLine, type RangeAnswer } from "./etcd-answer.js";
 import { createTokens, type EtcdAuth } from "./etcd-auth.js";
 import { EtcdAnswerError, describeError, secretQuoter, shownText } from "./etcd-errors.js";
@@ -28,17 +28,61 @@ export interface EtcdGateway {
   /** Endpoint base URLs, without credentials. */
   readonly endpoints: readonly string[];
   /**
-   * Reads every key under a prefix, starting with the endpoint that answered
-   * last; the next is asked when one fails or is silent for hedgeAfterMs.
+   * Reads every key under a prefix, in pages handed to `sink` in key order;
+   * resolves with the revision read. Each page starts with the endpoint that
+   * answered last; the next is asked when one fails or is silent for hedgeAfterMs.
    */
-  rangePrefix(prefix: string, signal: AbortSignal): Promise<RangeAnswer>;
+  rangePrefix(prefix: string, signal: AbortSignal, sink: PageSink): Promise<number>;
   /**
    * Watches a prefix from the revision after `afterRevision` on the endpoint
    * that answered last, telling the listener for every batch of events, until
    * the signal aborts (resolves) or the watch fails (rejects; a compacted
    * start revision is a failure too).
    */
-  watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void>;
+  watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: GatewayWatchListener): Promise<void>;
+}
+
+/** What a watch of the gateway tells. */
+export interface GatewayWatchListener {
+  /** The watch is established. */
+  opened(): void;
+  /** Keys under the prefix changed: these events, or, without them, too many to tell (read afresh). */
+  changed(events?: readonly RegistryEvent[]): void;
+}
+
+/** Where the pages of a read go. */
+export interface PageSink {
+  /** A read starts (again, when etcd compacted the revision of the pages before): forget any page handed before. */
+  start(): void;
+  /** The next page's entries, in key order; the next page is fetched meanwhile. */
+  page(kvs: RangeAnswer["kvs"]): Promise<void>;
+}
+
+/** Keys per page of a registry read: etcd's answer to one page is parsed in one go, which this keeps to about a ms. */
+export const pageKeys = 500;
+
+/** How many times a read in pages starts over when etcd compacted its revision between two pages. */
+const compactedReadAttempts = 3;
+
+interface RangePage {
+  readonly prefix: string;
+  readonly from: Uint8Array | string;
+  readonly revision: number | undefined;
+  readonly limit: AnswerLimit;
+}
+
+/**
+ * The refusals of a page because etcd no longer keeps the revision the read
+ * is at. A set, not a subclass: ConnectError's instanceof accepts any ConnectError.
+ */
+const compactedReads = new WeakSet<object>();
+const isCompacted = (error: unknown) => typeof error === "object" && error !== null && compactedReads.has(error);
+
+/** The smallest key after `key`: the key with a zero byte appended. */
+function nextKey(key: Uint8Array): Uint8Array {
+  const next = new Uint8Array(key.length + 1);
+  next.set(key);
+  return next;
 }
 
 const grpcInvalidArgument = 3;
@@ -63,38 +107,128 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     return { endpoint, path, body, token, secrets: token === undefined ? tokens.secrets : [...tokens.secrets, token] };
   }
 
-  async function readRange(endpoint: string, prefix: string, signal: AbortSignal): Promise<RangeAnswer> {
-    const body = { key: toBase64(prefix), range_end: toBase64(prefixEnd(prefix)) };
+  /** One page of a range: at most `pageKeys` keys from `from`, at `revision` when given (later pages of one read). */
+  async function readRange(endpoint: string, page: RangePage, signal: AbortSignal): Promise<RangeAnswer & { bytes: number }> {
+    const body = {
+      key: toBase64(page.from),
+      range_end: toBase64(prefixEnd(page.prefix)),
+      limit: String(pageKeys),
+      ...(page.revision !== undefined && { revision: String(page.revision) }),
+    };
     const request = await authorized(endpoint, "/v3/kv/range", body, signal);
-    const answer = await postJson(settings, request, rangeLimit, signal, rangeAnswer);
+    const answer = await postJson(settings, request, page.limit, signal, (parsed, bytes) => ({ ...rangeAnswer(parsed), bytes }));
     // Keys and values reach events and logs (skipped entries); only an echo of
     // the request holds the token. Nothing in such an answer can be trusted.
     const quotesSecret = secretQuoter(request.secrets);
     if (answer.kvs.some(({ key, value }) => quotesSecret(key) || quotesSecret(value))) {
       throw new ConnectError(`etcd ${endpoint} answered ${request.path} with entries that quote the credentials it was sent: refused, as entries reach events and logs`, Code.Internal);
     }
+    const outside = answer.kvs.findIndex(({ key }) => !key.startsWith(page.prefix));
+    if (outside >= 0) {
+      throw new ConnectError(`etcd ${endpoint} answered ${request.path} with kvs[${outside}] outside the prefix "${page.prefix}" it was asked for: refused`, Code.Internal);
+    }
+    if (answer.more && answer.kvs.length === 0) {
+      throw new ConnectError(`etcd ${endpoint} answered ${request.path} that more keys follow, but sent none: refused`, Code.Internal);
+    }
     return answer;
   }
 
-  async function rangeAt(endpoint: string, prefix: string, signal: AbortSignal): Promise<RangeAnswer> {
+  async function rangeAt(endpoint: string, page: RangePage, signal: AbortSignal): Promise<RangeAnswer & { bytes: number }> {
     try {
-      return await readRange(endpoint, prefix, signal);
+      return await readRange(endpoint, page, signal);
     } catch (error) {
       if (auth === undefined || !tokenRejected(error)) {
-        throw explainRefusal(error, endpoint, prefix, auth);
+        throw explainRefusal(error, endpoint, page.prefix, auth);
       }
     }
     // The token expired (etcd drops idle simple tokens after 300 s), or auth was
     // enabled after it was found off: authenticate again, once.
     tokens.drop(endpoint);
     try {
-      return await readRange(endpoint, prefix, signal);
+      return await readRange(endpoint, page, signal);
     } catch (error) {
-      throw explainRefusal(error, endpoint, prefix, auth);
+      throw explainRefusal(error, endpoint, page.prefix, auth);
     }
   }
 
-  async function watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: WatchListener): Promise<void> {
+  /** One page, starting with the endpoint that answered last; a hung one is hedged, not waited out. */
+  async function hedgedPage(page: RangePage, signal: AbortSignal): Promise<RangeAnswer & { bytes: number }> {
+    const first = preferred;
+    const at = (i: number) => (first + i) % endpoints.length;
+    try {
+      const { value, index } = await hedged(endpoints.length, (i, attempt) => rangeAt(endpoints[at(i)]!, page, attempt), {
+        signal,
+        hedgeAfterMs,
+        isFinal: (error) =>
+          isCompacted(error) || (error instanceof ConnectError && (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied)),
+      });
+      preferred = at(index);
+      return value;
+    } catch (error) {
+      if (error instanceof HedgeFailure) {
+        const compacted = error.failures.find((failure) => isCompacted(failure.error));
+        throw compacted?.error ?? everyEndpointFailed(error, (i) => endpoints[at(i)]!);
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Every key under a prefix, in pages of `pageKeys`: the first page sets the
+   * revision, the others are read at it, so the pages make one consistent
+   * read. Each page is parsed on its own (a short block of the event loop,
+   * not one of a whole 20,000-instance registry) and handed to the sink
+   * while the next is fetched; together they count against maxResponseBytes.
+   */
+  async function readPages(prefix: string, signal: AbortSignal, sink: PageSink): Promise<number> {
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(signal.reason);
+    signal.addEventListener("abort", onAbort);
+    if (signal.aborted) {
+      onAbort();
+    }
+    let ahead: Promise<RangeAnswer & { bytes: number }> | undefined;
+    try {
+      sink.start();
+      let revision: number | undefined;
+      let last: string | undefined;
+      let keys = 0;
+      let bytes = 0;
+      const fetchPage = (from: Uint8Array | string, pages: number) => {
+        const limit: AnswerLimit =
+          pages === 0 ? rangeLimit : { ...rangeLimit, bytes: options.maxResponseBytes - bytes, whole: { bytes: options.maxResponseBytes, keys, pages } };
+        return hedgedPage({ prefix, from, revision, limit }, controller.signal);
+      };
+      ahead = fetchPage(prefix, 0);
+      for (let pages = 1; ; pages++) {
+        const answer = await ahead!;
+        ahead = undefined;
+        bytes += answer.bytes;
+        revision ??= answer.revision;
+        if (last !== undefined && answer.kvs.length > 0 && compareKeys(answer.kvs[0]!.key, last) <= 0) {
+          throw new ConnectError(`etcd answered a page of "${prefix}" that does not follow the one before it: refused`, Code.Internal);
+        }
+        keys += answer.kvs.length;
+        last = answer.kvs.at(-1)?.key ?? last;
+        const more = answer.more && answer.lastKey !== undefined;
+        if (more) {
+          ahead = fetchPage(nextKey(answer.lastKey!), pages);
+          ahead.catch(() => {}); // awaited below, unless the sink fails first
+        }
+        await sink.page(answer.kvs);
+        if (!more) {
+          return revision;
+        }
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      if (ahead !== undefined) {
+        controller.abort(new ConnectError("the read was given up", Code.Canceled));
+      }
+    }
+  }
+
+  async function watchPrefix(prefix: string, afterRevision: number, signal: AbortSignal, listener: GatewayWatchListener): Promise<void> {
     const endpoint = endpoints[preferred]!;
     const deadline = linkedTimeout(signal, options.requestTimeoutMs, endpoint);
     // fragment: etcd splits a huge batch of events into lines of about its
@@ -107,16 +241,31 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
       request = await authorized(endpoint, "/v3/watch", body, deadline.signal);
       const response = await send(fetchFn, request, deadline.signal);
       deadline.stopTimer();
+      const quotesSecret = secretQuoter(request.secrets);
+      /** A response etcd split into lines (fragment): too big a change to apply, so it is read afresh at its last line. */
+      let fragmented = false;
       for await (const line of boundedLines(response.body ?? new ReadableStream(), watchLimit.bytes)) {
-        const { created, changed, ended } = watchLine(parseJson(line, watchLimit.bytes));
+        const { created, events, fragment, ended } = watchLine(parseJson(line, watchLimit.bytes));
         if (ended !== undefined) {
           throw new ConnectError(`etcd ${endpoint} ended the watch of "${prefix}": ${shownText(ended, request.secrets)}`, Code.Unavailable);
+        }
+        // As in a range answer: keys and values reach events and logs, and only keys under the prefix are the service's.
+        if (events.some((event) => quotesSecret(event.key) || (event.kind === "put" && quotesSecret(event.value)))) {
+          throw new ConnectError(`etcd ${endpoint} sent changes of "${prefix}" that quote the credentials it was sent: refused, as entries reach events and logs`, Code.Internal);
+        }
+        if (events.some((event) => !event.key.startsWith(prefix))) {
+          throw new ConnectError(`etcd ${endpoint} sent a change of a key outside the prefix "${prefix}" it watches: refused`, Code.Internal);
         }
         if (created) {
           listener.opened();
         }
-        if (changed) {
+        if (fragment) {
+          fragmented ||= events.length > 0;
+        } else if (fragmented) {
+          fragmented = false;
           listener.changed();
+        } else if (events.length > 0) {
+          listener.changed(events);
         }
       }
       if (!signal.aborted) {
@@ -145,20 +294,16 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
   return {
     endpoints,
     watchPrefix,
-    async rangePrefix(prefix, signal) {
-      // Start with the endpoint that answered last; a hung one is hedged, not waited out.
-      const first = preferred;
-      const at = (i: number) => (first + i) % endpoints.length;
-      try {
-        const { value, index } = await hedged(endpoints.length, (i, attempt) => rangeAt(endpoints[at(i)]!, prefix, attempt), {
-          signal,
-          hedgeAfterMs,
-          isFinal: (error) => error instanceof ConnectError && (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied),
-        });
-        preferred = at(index);
-        return value;
-      } catch (error) {
-        throw error instanceof HedgeFailure ? everyEndpointFailed(error, (i) => endpoints[at(i)]!) : error;
+    async rangePrefix(prefix, signal, sink) {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await readPages(prefix, signal, sink);
+        } catch (error) {
+          // compacted between two pages: the read starts over at the revision etcd has now
+          if (!isCompacted(error) || attempt >= compactedReadAttempts) {
+            throw error;
+          }
+        }
       }
     },
   };
@@ -176,6 +321,11 @@ function tokenRejected(error: unknown): boolean {
 function explainRefusal(error: unknown, endpoint: string, prefix: string, auth: EtcdAuth | undefined): unknown {
   if (!(error instanceof EtcdAnswerError)) {
     return error;
+  }
+  if (error.known === "compacted") {
+    const compacted = new ConnectError(`etcd ${endpoint} compacted the revision of "${prefix}" while it was read in pages`, Code.Unavailable);
+    compactedReads.add(compacted);
+    return compacted;
   }
   if (auth === undefined && error.known === "userEmpty") {
     return new ConnectError(`etcd ${endpoint} requires authentication: pass the auth option`, Code.Unauthenticated);

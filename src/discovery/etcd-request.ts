@@ -18,6 +18,8 @@ export interface EtcdRequest {
 export interface AnswerLimit {
   readonly bytes: number;
   readonly option?: string;
+  /** For one page of a read in pages: the limit of the whole read, and what came before this page. */
+  readonly whole?: { readonly bytes: number; readonly keys: number; readonly pages: number };
 }
 
 export interface RequestSettings {
@@ -34,12 +36,14 @@ export async function postJson<T>(
   request: EtcdRequest,
   limit: AnswerLimit,
   signal: AbortSignal,
-  parse: (answer: unknown) => T,
+  parse: (answer: unknown, bytes: number) => T,
 ): Promise<T> {
   const deadline = linkedTimeout(signal, settings.requestTimeoutMs, request.endpoint);
   try {
     const response = await send(settings.fetch, request, deadline.signal);
-    return parse(parseJson(await readBoundedText(response, limit.bytes), limit.bytes));
+    const text = await readBoundedText(response, limit.bytes);
+    // etcd's JSON is ASCII (keys and values are base64): its length is its size in bytes
+    return parse(parseJson(text, limit.bytes), text.length);
   } catch (error) {
     throw deadline.signal.aborted ? deadline.signal.reason : answerFailure(request, limit, error);
   } finally {
@@ -91,7 +95,12 @@ export function answerFailure(request: EtcdRequest, limit: AnswerLimit, error: u
   }
   if (error instanceof BodyTooLarge) {
     const raise = limit.option === undefined ? "more is not expected from etcd" : `raise the etcdDiscovery option ${limit.option} if etcd really sends that much`;
-    return new ConnectError(`etcd ${endpoint} answered ${path} with more than ${limit.bytes} bytes: ${raise}`, Code.ResourceExhausted);
+    const { whole } = limit;
+    const size =
+      whole === undefined || whole.pages === 0
+        ? `more than ${limit.bytes} bytes`
+        : `more than ${whole.bytes} bytes in all (${whole.keys} keys in the ${whole.pages} pages before this one)`;
+    return new ConnectError(`etcd ${endpoint} answered ${path} with ${size}: ${raise}`, Code.ResourceExhausted);
   }
   if (error instanceof MalformedAnswer) {
     return new ConnectError(`etcd ${endpoint} answered ${path} with an answer that ${error.message}`, Code.Internal);

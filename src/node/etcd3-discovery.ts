@@ -1,7 +1,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Etcd3 } from "etcd3";
-import { decodeSnapshot } from "../discovery/decode.js";
-import type { Discovery } from "../discovery/discovery.js";
+import { createSnapshotBuilder, registryUpdate, type RegistryEntry } from "../discovery/decode.js";
+import type { Discovery, Snapshot } from "../discovery/discovery.js";
+import { prefixEnd } from "../discovery/etcd-answer.js";
 import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
 import { watchPrefix } from "./etcd3/watch-prefix.js";
 import { createObjectIds } from "../object-ids.js";
@@ -49,17 +50,83 @@ export function etcd3Discovery(options: Etcd3DiscoveryOptions): Discovery {
     key: JSON.stringify(["etcd3", clientId(client), namespace, layout.name, ttlMs, requestTimeoutMs]),
     ttlMs,
     describe: () => where,
-    async load(service, signal) {
+    async load(service, signal, previous) {
       const prefix = servicePrefix(namespace, service);
-      const read = client.getAll().prefix(prefix).options({ deadline: Date.now() + requestTimeoutMs }).exec();
-      const { header, kvs } = await untilAborted(read, signal).catch((error: unknown) => {
-        throw signal.aborted ? ConnectError.from(signal.reason, Code.Canceled) : readFailed(prefix, error);
-      });
-      const entries = kvs.map((kv) => ({ key: kv.key.toString(), value: kv.value.toString() }));
-      return decodeSnapshot(layout, service, Number(header.revision), entries);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await readPages(client, layout, service, prefix, requestTimeoutMs, signal, previous);
+        } catch (error) {
+          // compacted between two pages: the read starts over at the revision etcd has now
+          if (!compacted(error) || attempt >= compactedReadAttempts || signal.aborted) {
+            throw signal.aborted ? ConnectError.from(signal.reason, Code.Canceled) : readFailed(prefix, error);
+          }
+        }
+      }
     },
-    watch: (service, afterRevision, signal, listener) => watchPrefix(client, servicePrefix(namespace, service), afterRevision, signal, listener),
+    watch: (service, afterRevision, signal, listener) =>
+      watchPrefix(client, servicePrefix(namespace, service), afterRevision, signal, {
+        opened: () => listener.opened(),
+        // the cache applies the events to its snapshot, decoding only the keys they touch
+        changed: (events) => listener.changed(registryUpdate(layout, service, events)),
+      }),
   };
+}
+
+/** Keys per page of a read: each page is decoded while etcd sends the next, and no answer holds a whole 20,000-instance registry. */
+const pageKeys = 500;
+/** How many times a read in pages starts over when etcd compacted its revision between two pages. */
+const compactedReadAttempts = 3;
+
+/**
+ * Every key under the prefix, in pages read at the revision of the first, so
+ * that they make one consistent read; each is decoded (in slices of a few
+ * ms) while etcd sends the next.
+ */
+async function readPages(
+  client: Etcd3,
+  layout: ReturnType<typeof resolveFormat>,
+  service: string,
+  prefix: string,
+  requestTimeoutMs: number,
+  signal: AbortSignal,
+  previous: Snapshot | undefined,
+): Promise<Snapshot> {
+  const builder = createSnapshotBuilder(layout, service, previous);
+  const end = Buffer.from(prefixEnd(prefix));
+  let revision: string | undefined;
+  const page = (start: Buffer) => {
+    let range = client.getAll().inRange({ start, end }).limit(pageKeys);
+    if (revision !== undefined) {
+      range = range.revision(revision);
+    }
+    const read = untilAborted(range.options({ deadline: Date.now() + requestTimeoutMs }).exec(), signal);
+    read.catch(() => {}); // awaited below, unless decoding the page before fails first
+    return read;
+  };
+  let ahead = page(Buffer.from(prefix));
+  for (;;) {
+    const { header, kvs, more } = await ahead;
+    revision ??= header.revision;
+    const last = kvs.at(-1);
+    if (more && last !== undefined) {
+      ahead = page(Buffer.concat([last.key, Buffer.from([0])]));
+    }
+    const entries: RegistryEntry[] = kvs.map((kv) => ({ key: kv.key.toString(), value: kv.value.toString(), modRevision: revisionOf(kv.mod_revision) }));
+    await builder.addPaced(entries, signal);
+    if (!more || last === undefined) {
+      return builder.finish(Number(revision));
+    }
+  }
+}
+
+/** A mod_revision as etcd3 gives it (a decimal string); 0, which reuses nothing, when it is not one. */
+function revisionOf(text: string): number {
+  const revision = Number(text);
+  return Number.isSafeInteger(revision) && revision > 0 ? revision : 0;
+}
+
+function compacted(error: unknown): boolean {
+  return error instanceof Error && error.message.includes("required revision has been compacted");
 }
 
 /** Distinguishes clients (they may reach different clusters as different users) without showing their settings. */

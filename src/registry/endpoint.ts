@@ -32,32 +32,33 @@ export function parseEndpoint(endpoint: string): Endpoint | string {
   if (endpoint.includes("@")) {
     return 'credentials are not allowed in an endpoint (it has an "@", so it is not shown)';
   }
-  const shown = quote(redactUrl(endpoint), 120); // messages end up in logs
+  // messages end up in logs; made only for a refusal (URL parsing and escaping cost more than the rest of a valid endpoint)
+  const shown = () => quote(redactUrl(endpoint), 120);
   const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([/?#].*)?$/i.exec(endpoint);
   if (!match) {
-    return `endpoint ${shown} is not a URL like grpc://host:port`;
+    return `endpoint ${shown()} is not a URL like grpc://host:port`;
   }
   const scheme = match[1]!.toLowerCase();
   if (!isScheme(scheme)) {
-    return `endpoint ${shown} has unsupported scheme ${quote(scheme, 20)}`;
+    return `endpoint ${shown()} has unsupported scheme ${quote(scheme, 20)}`;
   }
   const hostPort = splitHostPort(match[2]!);
   if (typeof hostPort === "string") {
-    return `endpoint ${shown}: ${hostPort}`;
+    return `endpoint ${shown()}: ${hostPort}`;
   }
   const { host, portText } = hostPort;
   const secure = /[?&]isSecure=true(&|#|$)/.test(match[3] ?? "");
   const finalScheme: EndpointScheme = secure && (scheme === "grpc" || scheme === "http") ? secureScheme[scheme] : scheme;
   const port = portText === "" ? defaultPorts[scheme] : Number(portText);
   if (port === undefined) {
-    return `endpoint ${shown} has no port`;
+    return `endpoint ${shown()} has no port`;
   }
   // text after the last ":" that is not digits may be the rest of a password: not shown
   if (!/^\d*$/.test(portText)) {
-    return `endpoint ${shown} has a port that is not a number`;
+    return `endpoint ${shown()} has a port that is not a number`;
   }
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    return `endpoint ${shown} has bad port ${quote(portText, 12)}`;
+    return `endpoint ${shown()} has bad port ${quote(portText, 12)}`;
   }
   const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   const url = `${finalScheme === "grpcs" || finalScheme === "https" ? "https" : "http"}://${address}`;

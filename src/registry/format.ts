@@ -11,7 +11,8 @@ import { createObjectIds } from "../object-ids.js";
  * returns undefined for an entry that describes none (it is skipped
  * silently). It must be synchronous. A thrown error or a result that is not
  * an instance skips the entry and is reported with its key; the other
- * entries are still used.
+ * entries are still used. It is called again for a key only when its value
+ * changed (etcd's mod_revision moved): what it returned is kept meanwhile.
  */
 export type RegistryDecoder = (key: string, value: string) => InstanceInit | undefined;
 

@@ -87,13 +87,15 @@ function ipv4(bytes: readonly number[]): CanonicalHost {
 
 /** Strict dotted decimal: four parts, 0–255, no leading zeros. */
 export function parseIPv4(text: string): number[] | undefined {
-  const parts = text.split(".");
-  if (parts.length !== 4 || !parts.every((part) => /^(0|[1-9]\d{0,2})$/.test(part))) {
+  const parts = dottedDecimal.exec(text);
+  if (parts === null) {
     return undefined;
   }
-  const bytes = parts.map(Number);
+  const bytes = [Number(parts[1]), Number(parts[2]), Number(parts[3]), Number(parts[4])];
   return bytes.every((b) => b <= 255) ? bytes : undefined;
 }
+
+const dottedDecimal = /^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})$/;
 
 /** RFC 4291 text (with "::" and a trailing dotted IPv4 allowed) to 16 bytes. */
 export function parseIPv6(text: string): number[] | undefined {

@@ -1,8 +1,9 @@
 import type { Snapshot } from "../discovery/discovery.js";
 import { compileAllow, type AllowList } from "../registry/address-policy.js";
 import type { Endpoint, EndpointScheme } from "../registry/endpoint.js";
-import type { SkippedEntry } from "../registry/instance.js";
+import type { Instance, SkippedEntry } from "../registry/instance.js";
 import { createPeer, type Peer } from "../peer.js";
+import { compareKeys, inKeyOrder } from "../discovery/decode.js";
 
 /** The peers of one snapshot that the transport may call (never empty), or why there are none: built once per snapshot change. */
 export type PeerSet =
@@ -49,6 +50,13 @@ export function createAllowGate(entries: readonly string[] | undefined, onRefuse
  * scheme (so one registry serves gRPC and Connect clients alike) that the
  * allow option permits, and keeps those the filter accepts. `where` names
  * the registry for error messages.
+ *
+ * A rebuild costs in proportion to the change: the last build for the same
+ * `schemes` (the transport's own array) and allow gate is kept, and when the
+ * new snapshot was made from a registry in key order, as etcdDiscovery's
+ * are, only the instances that are not the same objects as before are
+ * looked at; every other keeps its peer (the same object). The filter still
+ * sees every peer: it is applied once per snapshot.
  */
 export function buildPeerSet(
   snapshot: Snapshot,
@@ -57,18 +65,24 @@ export function buildPeerSet(
   where: string,
   allow?: AllowGate,
 ): PeerSet {
+  const last = lastBuilds.get(schemes);
+  lastBuilds.delete(schemes); // its URL counts are changed in place below
+  const build =
+    last !== undefined && last.allow === allow && inKeyOrder(last.snapshot) && inKeyOrder(snapshot)
+      ? changedChoices(last, snapshot, schemes, allow)
+      : allChoices(snapshot, schemes, allow);
+  lastBuilds.set(schemes, build);
   const dialable: Peer[] = [];
   const refused: SkippedEntry[] = [];
-  const urls = new Set<string>();
-  for (const instance of snapshot.instances) {
-    const accepted = instance.endpoints.filter((e) => schemes.includes(e.scheme));
-    const endpoint = accepted.find((e) => allow === undefined || allow.list.permits(e.host));
-    if (endpoint === undefined && accepted.length > 0) {
-      refused.push({ key: instance.key, reason: allowRefusal(accepted) });
-    }
-    if (endpoint !== undefined && !urls.has(endpoint.url)) {
-      urls.add(endpoint.url);
-      dialable.push(createPeer(instance, endpoint));
+  const urls = build.duplicates > 0 ? new Set<string>() : undefined;
+  for (const choice of build.choices) {
+    if (isPeer(choice)) {
+      if (urls?.has(choice.url) !== true) {
+        urls?.add(choice.url);
+        dialable.push(choice);
+      }
+    } else if (choice !== undefined) {
+      refused.push(choice);
     }
   }
   allow?.report(refused);
@@ -77,6 +91,125 @@ export function buildPeerSet(
     return { snapshot, peers };
   }
   return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, refused, where) };
+}
+
+/** What one instance gives a transport: a peer, a refusal by the allow option, or neither (no endpoint of its schemes). */
+type Choice = Peer | SkippedEntry | undefined;
+
+const isPeer = (choice: Choice): choice is Peer => choice !== undefined && "url" in choice;
+
+/** The choices of one snapshot, instance by instance, and how many instances share a URL with one before them. */
+interface Build {
+  readonly snapshot: Snapshot;
+  readonly allow: AllowGate | undefined;
+  readonly choices: readonly Choice[];
+  /** Instances per peer URL; handed on to the next build, which changes it in place. */
+  readonly urls: Map<string, number>;
+  /** URLs with more than one instance: only the first of them is a peer. */
+  readonly duplicates: number;
+}
+
+/** The last build per schemes array, i.e. per transport; held weakly with it. */
+const lastBuilds = new WeakMap<readonly EndpointScheme[], Build>();
+
+function allChoices(snapshot: Snapshot, schemes: readonly EndpointScheme[], allow: AllowGate | undefined): Build {
+  const urls = new Map<string, number>();
+  let duplicates = 0;
+  const choices = snapshot.instances.map((instance) => {
+    const choice = choose(instance, schemes, allow);
+    if (isPeer(choice)) {
+      const count = (urls.get(choice.url) ?? 0) + 1;
+      urls.set(choice.url, count);
+      duplicates += count === 2 ? 1 : 0;
+    }
+    return choice;
+  });
+  return { snapshot, allow, choices, urls, duplicates };
+}
+
+/**
+ * The choices of `snapshot` from those of the last build: both list their
+ * instances in key order, each key once, so one walk finds the instances
+ * that left (keys passed over), came (keys not there before) and changed
+ * (another object under the same key); only those are chosen anew.
+ */
+function changedChoices(last: Build, snapshot: Snapshot, schemes: readonly EndpointScheme[], allow: AllowGate | undefined): Build {
+  const before = last.snapshot.instances;
+  const after = snapshot.instances;
+  const { urls } = last;
+  let duplicates = last.duplicates;
+  const count = (choice: Choice, by: number) => {
+    if (!isPeer(choice)) {
+      return;
+    }
+    const url = choice.url;
+    const was = urls.get(url) ?? 0;
+    const now = was + by;
+    now === 0 ? urls.delete(url) : urls.set(url, now);
+    duplicates += (now >= 2 ? 1 : 0) - (was >= 2 ? 1 : 0);
+  };
+  const choices: Choice[] = new Array<Choice>(after.length);
+  let i = 0;
+  for (let j = 0; j < after.length; j++) {
+    const instance = after[j]!;
+    if (before[i] === instance) {
+      choices[j] = last.choices[i++];
+      continue;
+    }
+    while (i < before.length && compareKeys(before[i]!.key, instance.key) < 0) {
+      count(last.choices[i++], -1); // left
+    }
+    if (before[i] === instance) {
+      choices[j] = last.choices[i++];
+      continue;
+    }
+    if (i < before.length && before[i]!.key === instance.key) {
+      count(last.choices[i++], -1); // changed: its old choice goes
+    }
+    const choice = choose(instance, schemes, allow);
+    count(choice, 1);
+    choices[j] = choice;
+  }
+  while (i < before.length) {
+    count(last.choices[i++], -1);
+  }
+  return { snapshot, allow, choices, urls, duplicates };
+}
+
+function choose(instance: Instance, schemes: readonly EndpointScheme[], allow: AllowGate | undefined): Choice {
+  let accepted = false;
+  for (const endpoint of instance.endpoints) {
+    if (schemes.includes(endpoint.scheme)) {
+      accepted = true;
+      if (allow === undefined || allow.list.permits(endpoint.host)) {
+        return peerOf(instance, endpoint);
+      }
+    }
+  }
+  return accepted ? { key: instance.key, reason: allowRefusal(instance.endpoints.filter((e) => schemes.includes(e.scheme))) } : undefined;
+}
+
+/**
+ * The peers made so far for each instance. A snapshot made from an earlier
+ * one by a registry change keeps the Instance objects of the instances that
+ * did not change, so their peers stay the same objects, also for a
+ * transport that builds them afresh: what is keyed by a peer (connections,
+ * outlier records, statistics, a picker's arrays) sees no change there.
+ * Held weakly: an instance no snapshot holds takes its peers along.
+ */
+const madePeers = new WeakMap<Instance, Peer | readonly Peer[]>();
+
+function peerOf(instance: Instance, endpoint: Endpoint): Peer {
+  const made = madePeers.get(instance);
+  const known = made === undefined ? [] : Array.isArray(made) ? (made as readonly Peer[]) : [made as Peer];
+  const found = known.find((peer) => peer.url === endpoint.url && peer.scheme === endpoint.scheme);
+  if (found !== undefined) {
+    return found;
+  }
+  const peer = createPeer(instance, endpoint);
+  // At most one per endpoint, and an instance lists at most 100.
+  madePeers.set(instance, known.length === 0 ? peer : [...known, peer]);
+  return peer;
 }
 
 function allowRefusal(endpoints: readonly Endpoint[]): string {
