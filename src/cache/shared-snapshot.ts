@@ -27,9 +27,11 @@ const earlyReadGapMs = 1_000;
  */
 const maxPendingUpdates = 1_000;
 
-/** A transport holding the snapshot: told of its events until it releases it. */
+/** A transport holding the snapshot: told of its events, and handed each new snapshot served, until it releases it. */
 export interface Holder {
   readonly listener: EventListener;
+  /** Takes a new snapshot at once, without waiting for a call: its pickers, subsets and stats follow the registry. */
+  readonly adopt?: (snapshot: Snapshot) => void;
 }
 
 /** How the cache refers to a holder: weakly where the runtime can. */
@@ -304,6 +306,7 @@ export class SharedSnapshot {
     if (verdict.etcdReset) {
       this.pending = []; // changes of the etcd that was replaced
     }
+    const before = this.state.snapshot;
     this.state = verdict.state;
     const served = verdict.state.snapshot!;
     this.freshUntil = Date.now() + (served.instances.length === 0 ? Math.min(discovery.ttlMs, retryAfterMs) : discovery.ttlMs);
@@ -312,8 +315,22 @@ export class SharedSnapshot {
     }
     this.keepWatching();
     verdict.events.forEach((event) => this.emit(event));
+    if (served !== before) {
+      this.push(served);
+    }
     this.save(served, discovery);
     return served;
+  }
+
+  /** Hands a new snapshot to every holder; one holder's failure is its own (its next call meets it), never the cache's. */
+  private push(snapshot: Snapshot): void {
+    for (const ref of this.holders) {
+      try {
+        ref.deref()?.adopt?.(snapshot);
+      } catch {
+        // the holder builds its peers again on its next call, which reports what failed
+      }
+    }
   }
 
   /** Saves what a registry read made the cache serve; never waited for by a call. */

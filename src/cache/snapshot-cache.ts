@@ -61,7 +61,8 @@ const idle = new Map<string, SharedSnapshot>();
  */
 const dropped = typeof FinalizationRegistry === "undefined" ? undefined : new FinalizationRegistry<() => void>((release) => release());
 
-export function acquireSnapshotCache(discovery: Discovery, service: string, listener: EventListener): SnapshotCache {
+/** `adopt` is handed each new snapshot the cache serves, as it comes (a watch's change, a refresh), without waiting for a call. */
+export function acquireSnapshotCache(discovery: Discovery, service: string, listener: EventListener, adopt?: (snapshot: Snapshot) => void): SnapshotCache {
   const key = `${discovery.key}\n${service}`;
   const entry = take(key) ?? new SharedSnapshot(service);
   held.set(key, entry);
@@ -75,6 +76,7 @@ export function acquireSnapshotCache(discovery: Discovery, service: string, list
   // The handle is the holder: its transport keeps it, and the cache holds it weakly.
   const handle: SnapshotCache & Holder = {
     listener,
+    adopt,
     peek: (waitUntil) => entry.peek(waitUntil),
     load(signal, timeoutMs) {
       const snapshot = entry.peek();

@@ -13,7 +13,7 @@ import type { DescMessage, DescMethodStreaming, DescMethodUnary, MessageInitShap
 import { resolveBalancer, type BalancerName } from "../balancer/index.js";
 import type { Balancer } from "../balancer/balancer.js";
 import { acquireSnapshotCache, type SnapshotCache } from "../cache/snapshot-cache.js";
-import type { Discovery } from "../discovery/discovery.js";
+import type { Discovery, Snapshot } from "../discovery/discovery.js";
 import { logProblems, notify, type EventListener } from "../events.js";
 import type { Peer } from "../peer.js";
 import type { EndpointScheme } from "../registry/endpoint.js";
@@ -216,7 +216,11 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   const allow = createAllowGate(options.allow, ({ key, reason }) => onEvent({ type: "entry_skipped", service, key, reason }));
   const { discovery } = options;
   const where = discovery.describe(service);
-  const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent);
+  const cache: SnapshotCache = acquireSnapshotCache(discovery, service, onEvent, (snapshot) => {
+    if (closedBy === undefined) {
+      adopt(snapshot);
+    }
+  });
   const pool = new PeerTransports(options.transport, (address, error) => onEvent({ type: "peer_close_failed", service, address, error }), drainMsOf(options.drainMs));
   const detection = options.outlierDetection === false ? undefined : new OutlierDetection(options.outlierDetection);
   const reachability = new Reachability();
@@ -241,15 +245,21 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     assertOpen();
     const snapshot = cache.peek(options.waitUntil) ?? (await cache.load(signal, timeoutMs));
     assertOpen();
+    const set = adopt(snapshot);
+    if (set.unavailable !== undefined) {
+      throw new ConnectError(set.unavailable, Code.Unavailable);
+    }
+    return set;
+  }
+
+  /** The peers of a snapshot, built once per snapshot; a peer that left is forgotten by every per-peer stage, its streams drained. */
+  function adopt(snapshot: Snapshot): PeerSet {
     if (peerSet?.snapshot !== snapshot) {
       peerSet = buildPeerSet(snapshot, schemes, options.filter, where, allow);
       pool.retain(peerSet.peers);
       detection?.retain(peerSet.peers);
       reachability.retain(peerSet.peers);
       slowStart?.retain(peerSet.peers);
-    }
-    if (peerSet.unavailable !== undefined) {
-      throw new ConnectError(peerSet.unavailable, Code.Unavailable);
     }
     return peerSet;
   }
