@@ -20,6 +20,7 @@ import { pickScaleCandidates, printPickScale } from "./pick-scale.js";
 import { measureFleet, printFleet } from "./fleet.js";
 import { measureRegistryChange, printRegistryChange } from "./registry-change.js";
 import { measureStartup, printStartup } from "./startup.js";
+import { runTailBench } from "./tail.js";
 import { barChartSvg } from "./svg.js";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
@@ -319,7 +320,17 @@ let grpcComparison: GrpcComparison;
 // the transport sees it, and the heap per instance.
 printRegistryChange([await measureRegistryChange(1_000), await measureRegistryChange(20_000)]);
 
-// 11. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
+// 11. The tail on real processes (issue 14, item 1): four @grpc/grpc-js
+// servers, each in a process of its own, three answering in 2 ms and one in
+// 60 ms; 8 callers, 100 warm-up + 600 measured calls, a fresh transport per
+// policy (round_robin, p2c), per-peer transport (connect-node's
+// createGrpcTransport, nodeHttp2Transport()) and run; 5 runs with a quiet
+// client, then 5 with a noisy one (busy-waits 5–20 ms every 10–100 ms, as GC
+// or a busy event loop would). p50/p99, the slow instance's share, p2c p99 ÷
+// round_robin p99 per run and the medians.
+await runTailBench({ runs: 5 });
+
+// 12. Charts: docs/bench.svg (section 7) and docs/bench-p2c.svg (section 3).
 {
   const docs = fileURLToPath(new URL("../docs/", import.meta.url));
   mkdirSync(docs, { recursive: true });

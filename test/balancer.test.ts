@@ -92,7 +92,7 @@ describe("least_request", () => {
   });
 });
 
-describe("p2c (peak EWMA)", () => {
+describe("p2c (median of recent latencies)", () => {
   function warm(picker: ReturnType<ReturnType<typeof p2c>["build"]>, latencyOf: (p: Peer) => number, calls: number) {
     const counts = new Map<string, number>();
     for (let i = 0; i < calls; i++) {
@@ -113,6 +113,46 @@ describe("p2c (peak EWMA)", () => {
     const grown = warm(balancer.build([...peers, peer(5)]), slow, 400);
     expect(grown.get("5") ?? 0).toBeGreaterThan(40); // new, unmeasured: picked, and fast, so kept
     expect(grown.get("1") ?? 0).toBe(0);
+  });
+
+  it("ignores a few stalled samples of a fast peer (a noisy client), and follows one that really turned slow", () => {
+    const [fast, slow] = peers;
+    const picker = p2c().build([fast!, slow!]);
+    warm(picker, (p) => (p === slow ? 60 : 2), 200);
+    // five of the fast peer's last eleven samples caught a 100 ms stall of the client (a peak would believe them)
+    const stalled = (p: Peer) => (p === slow ? 60 : 102);
+    warm(picker, (p) => (p === slow ? 60 : 2), 6);
+    expect(warm(picker, stalled, 5).get(slow!.id) ?? 0).toBe(0);
+    expect(warm(picker, (p) => (p === slow ? 60 : 2), 200).get(slow!.id) ?? 0).toBe(0);
+    // six slow samples in a row: it is slow now, and the other one is preferred
+    warm(picker, (p) => (p === slow ? 60 : 200), 6);
+    expect(warm(picker, (p) => (p === slow ? 60 : 200), 100).get(fast!.id) ?? 0).toBeLessThan(10);
+  });
+
+  it("counts waiting calls against a peer only by how much longer they wait than the others' (a stall ages them all alike)", async () => {
+    const [a, b, slow] = peers;
+    const picker = p2c().build([a!, b!, slow!]);
+    warm(picker, (p) => (p === slow ? 60 : 2), 300);
+    // calls in flight on both fast peers, all aged 40 ms by a stall of this process
+    const held = [];
+    while (held.filter((pick) => pick.peer === a).length < 2 || held.filter((pick) => pick.peer === b).length < 2) {
+      const pick = picker(request);
+      if (pick.peer === slow) pick.done?.({}, 60);
+      else held.push(pick);
+    }
+    await sleep(40);
+    const counts = warm(picker, (p) => (p === slow ? 60 : 2), 30);
+    expect(counts.get(slow!.id) ?? 0).toBe(0);
+    held.forEach((pick) => pick.done?.({}, 42));
+  });
+
+  it("judges a peer tried again after a while by what it does now, not by its old samples", async () => {
+    const [fast, slow] = peers;
+    const picker = p2c({ decayMs: 20 }).build([fast!, slow!]);
+    warm(picker, (p) => (p === slow ? 200 : 10), 100);
+    await sleep(100); // five time constants: the slow peer's estimate has faded, and its samples are forgotten
+    warm(picker, () => 10, 20); // it answers fast now: one sample is its estimate
+    expect(warm(picker, () => 10, 200).get(slow!.id) ?? 0).toBeGreaterThan(60);
   });
 
   it("does not hold a caller's cancellation against the peer", () => {

@@ -12,8 +12,10 @@ export interface PeerLoad {
   /** Unary calls among them, and the sum of the performance.now() at which they started: their mean age is a lower bound of the latency. */
   aged: number;
   startedSum: number;
-  /** Peak-EWMA latency in ms; undefined until the first sample. */
+  /** The latency estimate in ms (p2c: the median of `recent`); undefined until the first sample. */
   latencyMs: number | undefined;
+  /** p2c's recent samples, a ring; made at the first. */
+  recent: { readonly samples: Float64Array; next: number; count: number } | undefined;
   /** performance.now() of the last sample. */
   sampledAt: number;
   /** Recent server-side failures, fading with a 1 s time constant from `failedAt`. */
@@ -44,7 +46,7 @@ export class StatsByPeer {
     return peers.map((peer) => {
       let stats = this.byUrl.get(peer.url);
       if (stats === undefined) {
-        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, sampledAt: 0, failures: 0, failedAt: 0, average: undefined };
+        stats = { inflight: 0, aged: 0, startedSum: 0, latencyMs: undefined, recent: undefined, sampledAt: 0, failures: 0, failedAt: 0, average: undefined };
         this.byUrl.set(peer.url, stats);
       }
       return stats;
