@@ -87,7 +87,7 @@ describe("OutlierDetection", () => {
 
   it("never ejects a peer that already left the registry (its last calls end after it)", () => {
     const detection = new OutlierDetection();
-    detection.retain([peer(2), peer(3)]);
+    detection.retain(new Set([peer(2).url, peer(3).url]));
     expect(detection.record(peer(1), "unreachable", 0, 2)).toBeUndefined();
     expect(detection.record(peer(2), "unreachable", 1, 2)).toBe(30_000);
   });
@@ -95,7 +95,7 @@ describe("OutlierDetection", () => {
   it("frees the slot of a peer that left the registry", () => {
     const detection = new OutlierDetection();
     detection.record(peer(1), "unreachable", 0, 3);
-    detection.retain([peer(2), peer(3)]);
+    detection.retain(new Set([peer(2).url, peer(3).url]));
     expect(detection.record(peer(2), "unreachable", 0, 2)).toBe(30_000);
   });
 });

@@ -47,7 +47,7 @@ describe("Reachability", () => {
     const reachability = new Reachability(() => 0.5);
     reachability.unreached(peer(1), 0);
     reachability.unreached(peer(2), 0);
-    reachability.retain([peer(2)]);
+    reachability.retain(new Set([peer(2).url]));
     expect(reachability.isOut(peer(1))).toBe(false);
     expect(reachability.isOut(peer(2))).toBe(true);
     expect(reachability.unreached(peer(1), 0)).toBe(1_000); // a peer that comes back starts with the first backoff

@@ -100,8 +100,7 @@ export class SlowStart {
   }
 
   /** Forgets the peers that left the registry: a peer that comes back ramps again. */
-  retain(peers: readonly Peer[]): void {
-    const live = new Set(peers.map((peer) => peer.url));
+  retain(live: ReadonlySet<string>): void {
     for (const url of this.rampingSince.keys()) {
       if (!live.has(url)) {
         this.rampingSince.delete(url);

@@ -255,11 +255,16 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
   /** The peers of a snapshot, built once per snapshot; a peer that left is forgotten by every per-peer stage, its streams drained. */
   function adopt(snapshot: Snapshot): PeerSet {
     if (peerSet?.snapshot !== snapshot) {
+      const last = peerSet;
       peerSet = buildPeerSet(snapshot, schemes, options.filter, where, allow);
-      pool.retain(peerSet.peers);
-      detection?.retain(peerSet.peers);
-      reachability.retain(peerSet.peers);
-      slowStart?.retain(peerSet.peers);
+      if (last === undefined || last.peers !== peerSet.peers) {
+        // one rule for every per-peer stage: what it keeps of a peer goes when the peer leaves the registry
+        const live = new Set(peerSet.peers.map((peer) => peer.url));
+        pool.retain(live);
+        detection?.retain(live);
+        reachability.retain(live);
+        slowStart?.retain(live);
+      }
     }
     return peerSet;
   }

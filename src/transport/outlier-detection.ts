@@ -154,8 +154,7 @@ export class OutlierDetection {
   }
 
   /** Forgets peers that left the registry. */
-  retain(peers: readonly Peer[]): void {
-    const live = new Set(peers.map((p) => p.url));
+  retain(live: ReadonlySet<string>): void {
     this.live = live;
     for (const [url, health] of this.byUrl) {
       if (!live.has(url)) {

@@ -70,8 +70,7 @@ export class PeerTransports {
    * Unavailable, so that their callers resubscribe to a live peer: a stream
    * could otherwise stay open for ever, and its pick with it.
    */
-  retain(peers: readonly Peer[]): void {
-    const live = new Set(peers.map((p) => p.url));
+  retain(live: ReadonlySet<string>): void {
     for (const [url, entry] of this.entries) {
       if (!live.has(url)) {
         this.entries.delete(url);

@@ -92,11 +92,7 @@ export class Reachability {
   }
 
   /** Forgets peers that left the registry. */
-  retain(peers: readonly Peer[]): void {
-    if (this.byUrl.size === 0) {
-      return;
-    }
-    const live = new Set(peers.map((p) => p.url));
+  retain(live: ReadonlySet<string>): void {
     for (const [url, record] of this.byUrl) {
       if (!live.has(url)) {
         this.forget(url, record);
