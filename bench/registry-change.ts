@@ -6,7 +6,6 @@
 //
 // Alone: npx tsx bench/registry-change.ts [instances…]   (node --expose-gc for the heap figure)
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { pathToFileURL } from "node:url";
 import type { Transport } from "@connectrpc/connect";
 import { createBalancedTransport, etcdDiscovery, type BalancerEvent } from "../src/index.js";
 import { startEtcd, type EtcdServer } from "../support/etcd.js";
@@ -194,7 +193,8 @@ export function printRegistryChange(results: readonly RegistryChangeResult[]): v
   console.log("  reads: range requests etcd served for all the changes; first read (read): the discovery's read alone, without the transport");
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+// Run alone when this file is the script itself; by name, as in the bench's bundle every module has the bundle's URL.
+if (/registry-change\.[cm]?[jt]s$/.test(process.argv[1] ?? "")) {
   const sizes = process.argv.slice(2).map(Number);
   const results: RegistryChangeResult[] = [];
   for (const size of sizes.length > 0 ? sizes : [1_000, 20_000]) {

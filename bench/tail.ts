@@ -15,7 +15,6 @@
 // Alone: npx tsx bench/tail.ts [runs] [quiet|noisy|both]
 import { loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { pathToFileURL } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
@@ -376,7 +375,8 @@ export async function runTailBench({ runs = 5, variants = [false, true] as reado
   return results;
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+// Run alone when this file is the script itself; by name, as in the bench's bundle every module has the bundle's URL.
+if (/tail\.[cm]?[jt]s$/.test(process.argv[1] ?? "")) {
   const variant = process.argv[3] ?? "both";
   await runTailBench({ runs: Number(process.argv[2] ?? 5), variants: variant === "both" ? [false, true] : [variant === "noisy"] });
 }
