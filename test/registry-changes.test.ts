@@ -15,7 +15,9 @@ import {
   type Peer,
   type Snapshot,
 } from "../src/index.js";
-import { applyEvents, compareKeys, createSnapshotBuilder, decodeSnapshot, inKeyOrder, registryUpdate, type RegistryEntry, type RegistryEvent } from "../src/discovery/decode.js";
+import { applyEvents, compareKeys, createSnapshotBuilder, decodeSnapshot, inKeyOrder, readKey, registryUpdate, type RegistryEntry, type RegistryEvent } from "../src/discovery/decode.js";
+import { Etcd3 } from "etcd3";
+import { etcd3Discovery } from "../src/node/index.js";
 import { resolveFormat } from "../src/registry/format.js";
 import { buildPeerSet } from "../src/transport/peer-set.js";
 import { acceptRead, initialState } from "../src/cache/acceptance.js";
@@ -500,7 +502,9 @@ describe("watch events from something in etcd's place", () => {
   });
 
   it("passes over events at or below the revision read (a revision going backwards)", async () => {
-    const server = await watchSending([event("/microservices/svc/a", undefined, "9", "DELETE"), event("/microservices/svc/c", value("10.0.0.3:9001"), "10")]);
+    // etcd's header revision never goes back within a watch (that is refused): the lines say 10, their events 9 and 10
+    const atHeader = (line: ReturnType<typeof event>) => ({ result: { ...line.result, header: { revision: "10" } } });
+    const server = await watchSending([atHeader(event("/microservices/svc/a", undefined, "9", "DELETE")), atHeader(event("/microservices/svc/c", value("10.0.0.3:9001"), "10"))]);
     const recorder = eventRecorder();
     const transport = watching(server, {}, recorder.onEvent);
     await transport.peers();
@@ -576,5 +580,246 @@ describe("watch events from something in etcd's place", () => {
       (e: unknown) => e as Error,
     );
     expect(error?.message).toContain("more keys follow, but sent none");
+  });
+});
+
+// ---------------------------------------------------------------- review 2: reuse, key bytes, bounds
+
+describe("reusing a decode only for the same value", () => {
+  it("decodes a key again whose mod_revision is the one before but whose value is not (an etcd rebuilt behind the same URL)", () => {
+    const first = decodeSnapshot(kratos, "svc", 2, [{ key: keyOf("svc", 0), value: kratosValue("svc", 0, 9000), modRevision: 2 }]);
+    const rebuilt = decodeSnapshot(kratos, "svc", 3, [{ key: keyOf("svc", 0), value: kratosValue("svc", 0, 9200), modRevision: 2 }], first);
+    expect(rebuilt.instances[0]!.endpoints[0]!.port).toBe(9200);
+    // the same value at the same mod_revision is still taken as it was
+    const again = decodeSnapshot(kratos, "svc", 4, [{ key: keyOf("svc", 0), value: kratosValue("svc", 0, 9200), modRevision: 2 }], rebuilt);
+    expect(again.instances[0]).toBe(rebuilt.instances[0]);
+  });
+});
+
+describe("keys that are not UTF-8", () => {
+  const prefix = "/microservices/svc/";
+  const raw = (...bytes: number[]) => new Uint8Array([...Buffer.from(prefix), ...bytes]);
+
+  it("are shown with \\xHH for their stray bytes, told apart by their bytes, and UTF-8 keys keep their text", () => {
+    expect(readKey(raw(0xfe))).toEqual({ key: `${prefix}\\xFE`, unreadable: Buffer.from(raw(0xfe)).toString("base64") });
+    expect(readKey(raw(0xff)).unreadable).not.toBe(readKey(raw(0xfe)).unreadable);
+    expect(readKey(raw(0x61, 0xc3, 0xa9, 0x80)).key).toBe(`${prefix}a\u00e9\\x80`);
+    expect(readKey(raw(0xee, 0x80, 0x80))).toEqual({ key: `${prefix}\ue000` });
+  });
+
+  it("are skipped and reported, never ordered with the others, and a watch's changes of them neither collide nor hide a valid key", () => {
+    const entries: RegistryEntry[] = [...entriesOf("svc", 3), { ...readKey(raw(0xfe)), value: kratosValue("svc", 7), modRevision: 9 }];
+    const read = decodeSnapshot(kratos, "svc", 10, entries);
+    expect(read.instances).toHaveLength(3);
+    expect(read.skipped.map((s) => s.key)).toEqual([`${prefix}\\xFE`]);
+    expect(inKeyOrder(read)).toBe(true); // the watch can apply its events
+    const put = applyEvents(kratos, "svc", read, [
+      { kind: "put", ...readKey(raw(0xff)), value: kratosValue("svc", 8), revision: 11 },
+      { kind: "put", key: keyOf("svc", 5), value: kratosValue("svc", 5), revision: 12 },
+    ])!;
+    expect(put.instances.map((i) => i.key)).toEqual([0, 1, 2, 5].map((i) => keyOf("svc", i)));
+    expect(put.skipped.map((s) => s.key)).toEqual([`${prefix}\\xFE`, `${prefix}\\xFF`]);
+    const deleted = applyEvents(kratos, "svc", put, [{ kind: "delete", ...readKey(raw(0xff)), revision: 13 }])!;
+    expect(deleted.skipped.map((s) => s.key)).toEqual([`${prefix}\\xFE`]);
+    expect(deleted.instances).toHaveLength(4);
+  });
+
+  it("do not break a read in pages wherever a page ends, with either discovery (real etcd)", async () => {
+    await fill(etcd.endpoint, "utf8", 499);
+    const junk = (...bytes: number[]) => Buffer.concat([Buffer.from("/microservices/utf8/"), Buffer.from(bytes)]).toString("base64");
+    // …/\xFE is the 500th key (the end of page 1), …/\xFF the first of page 2, then 520 more of two stray bytes
+    await etcdRequest(etcd.endpoint, "/v3/kv/put", { key: junk(0xfe), value: "" });
+    await etcdRequest(etcd.endpoint, "/v3/kv/put", { key: junk(0xff), value: "" });
+    for (let a = 0xf8; a <= 0xfd; a++) {
+      const success = Array.from({ length: 87 }, (_, b) => ({ request_put: { key: junk(a, 0x80 + b % 64, b), value: "" } }));
+      await etcdRequest(etcd.endpoint, "/v3/kv/txn", { success });
+    }
+    const recorder = eventRecorder();
+    const transport = balanced("utf8", {}, recorder.onEvent);
+    expect(await transport.peers()).toHaveLength(499);
+    const skipped = recorder.events.flatMap((e) => (e.type === "entry_skipped" ? [e.key] : []));
+    expect(skipped).toHaveLength(2 + 6 * 87);
+    expect(skipped).toContain("/microservices/utf8/\\xFE");
+    expect(skipped).toContain("/microservices/utf8/\\xFF");
+    const client = new Etcd3({ hosts: etcd.endpoint });
+    try {
+      const snapshot = await etcd3Discovery({ client }).load("utf8", new AbortController().signal);
+      expect(snapshot.instances).toHaveLength(499);
+      expect(snapshot.skipped).toHaveLength(2 + 6 * 87);
+      expect(inKeyOrder(snapshot)).toBe(true);
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("bounds on what a watch adds and a read takes", () => {
+  it("makes no snapshot past maxBytes from an update, and leaves the index as it was", () => {
+    const read = decodeSnapshot(kratos, "svc", 10, entriesOf("svc", 3));
+    const big: RegistryEvent = { kind: "put", key: keyOf("svc", 9), value: kratosValue("svc", 9).replace('"zone"', `"pad":"${"x".repeat(10_000)}","zone"`), revision: 11 };
+    const update = registryUpdate(kratos, "svc", [big], 8_000)!;
+    expect(update.bytes).toBeGreaterThan(10_000);
+    expect(update.applyTo(read)).toBeUndefined();
+    const small = registryUpdate(kratos, "svc", [{ kind: "delete", key: keyOf("svc", 0), revision: 12 }], 8_000)!;
+    expect(small.applyTo(read)?.instances).toHaveLength(2);
+  });
+
+  /** A fake etcd: ranges answer `instances` at revision 10, the watch sends `lines` once, then stays open. */
+  async function fakeEtcd(lines: readonly unknown[], instances = [{ service: "svc", id: "a", address: "10.0.0.1:9001" }]): Promise<HostileEtcd> {
+    let watches = 0;
+    const server = await startHostileEtcd((request, response) => {
+      if (request.path !== "/v3/watch") {
+        return json(response, 200, rangeBody("10", instances));
+      }
+      response.writeHead(200, { "content-type": "application/json" });
+      response.write(`${JSON.stringify({ result: { header: { revision: "10" }, created: true } })}\n`);
+      if (watches++ === 0) {
+        lines.forEach((line) => response.write(`${JSON.stringify(line)}\n`));
+      }
+    });
+    fakes.push(server);
+    return server;
+  }
+  const fakes: HostileEtcd[] = [];
+  afterEach(async () => {
+    await Promise.all(fakes.splice(0).map((s) => s.stop()));
+  });
+  const line = (revision: string, events: unknown[], extra: object = {}) => ({ result: { header: { revision }, events, ...extra } });
+  const putOf = (key: string, value: string, revision: string) => ({ kv: { key: base64(key), value: base64(value), mod_revision: revision } });
+  const watchingFake = (server: HostileEtcd, options: Partial<EtcdDiscoveryOptions>, onEvent: (event: BalancerEvent) => void) => {
+    const transport = createBalancedTransport({
+      service: "svc",
+      subset: false,
+      discovery: etcdDiscovery({ endpoints: [server.endpoint], watch: true, ttlMs: 3_600_000, ...options }),
+      transport: () => ({ unary: () => Promise.reject(new Error("not called")), stream: () => Promise.reject(new Error("not called")) }),
+      onEvent,
+    });
+    open.push(transport);
+    return transport;
+  };
+  const rangesOf = (server: HostileEtcd) => server.received.filter((r) => r.path === "/v3/kv/range").length;
+
+  it("reads the registry instead of applying a change that takes the snapshot past maxResponseBytes", async () => {
+    const padded = (id: string, address: string) =>
+      JSON.stringify({ id, name: "svc", version: "v1", metadata: { pad: "x".repeat(3_000) }, endpoints: [`grpc://${address}`] });
+    const server = await fakeEtcd([
+      line("11", [putOf("/microservices/svc/b", padded("b", "10.0.0.2:9001"), "11")]),
+      line("12", [putOf("/microservices/svc/c", padded("c", "10.0.0.3:9001"), "12")]),
+    ]);
+    const recorder = eventRecorder();
+    const transport = watchingFake(server, { maxResponseBytes: 6_000 }, recorder.onEvent);
+    await transport.peers();
+    await until(() => rangesOf(server) >= 2, { what: "a read instead of the second change" });
+    await sleep(50);
+    const served = (await transport.peers()).map((p) => p.address);
+    expect(served).not.toContain("10.0.0.3:9001");
+  });
+
+  it("holds watch updates during a read by their bytes too: past the bound, the registry is read again instead", async () => {
+    let loads = 0;
+    let release: (() => void) | undefined;
+    let applied = 0;
+    let listener: Parameters<NonNullable<import("../src/index.js").Discovery["watch"]>>[3] | undefined;
+    const discovery: import("../src/index.js").Discovery = {
+      key: `pending-bytes-${Math.random()}`,
+      ttlMs: 50,
+      describe: () => "a test discovery",
+      async load(service) {
+        if (++loads === 2) {
+          await new Promise<void>((resolve) => (release = resolve));
+        }
+        return { service, revision: 10, instances: [], skipped: [] };
+      },
+      async watch(_service, _after, signal, l) {
+        listener = l;
+        l.opened();
+        await new Promise((resolve) => signal.addEventListener("abort", resolve));
+      },
+    };
+    const transport = createBalancedTransport({ service: "svc", discovery, subset: false, transport: () => ({}) as never, onEvent: () => {} });
+    open.push(transport);
+    await transport.peers().catch(() => {});
+    await until(() => listener !== undefined, { what: "the watch" });
+    await sleep(80);
+    void transport.peers().catch(() => {}); // stale: the second read starts and is held
+    await until(() => release !== undefined, { what: "the second read" });
+    for (let i = 0; i < 3; i++) {
+      listener!.changed({ revision: 11 + i, bytes: 8 * 1024 * 1024, applyTo: (base) => (applied++, base) });
+    }
+    release!();
+    await until(() => loads >= 3, { what: "a third read, instead of the updates queued" });
+    expect(applied).toBe(0);
+  });
+
+  it("ends a read in pages that never ends: a page cap, and a deadline of a few requestTimeoutMs", async () => {
+    let n = 0;
+    const endless = await startHostileEtcd((_, response) =>
+      json(response, 200, { header: { revision: "10" }, more: true, kvs: [{ key: base64(`/microservices/svc/k${String(n++).padStart(8, "0")}`), value: "", mod_revision: "5" }] }),
+    );
+    fakes.push(endless);
+    const error = await etcdDiscovery({ endpoints: [endless.endpoint] }).load("svc", AbortSignal.timeout(20_000)).then(
+      () => undefined,
+      (e: unknown) => e as Error & { code: Code },
+    );
+    expect(error?.code).toBe(Code.ResourceExhausted);
+    expect(error?.message).toContain("more than 1000 pages");
+
+    let m = 0;
+    const slow = await startHostileEtcd((_, response) => {
+      setTimeout(
+        () => json(response, 200, { header: { revision: "10" }, more: true, kvs: [{ key: base64(`/microservices/svc/k${String(m++).padStart(8, "0")}`), value: "", mod_revision: "5" }] }),
+        60,
+      );
+    });
+    fakes.push(slow);
+    const started = Date.now();
+    const late = await etcdDiscovery({ endpoints: [slow.endpoint], requestTimeoutMs: 100 }).load("svc", AbortSignal.timeout(20_000)).then(
+      () => undefined,
+      (e: unknown) => e as Error & { code: Code },
+    );
+    expect(late?.code).toBe(Code.DeadlineExceeded);
+    expect(late?.message).toContain("requestTimeoutMs");
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  it("refuses an event whose mod_revision is above its line's header revision", async () => {
+    const value = JSON.stringify({ id: "z", name: "svc", version: "v1", metadata: null, endpoints: ["grpc://10.0.0.9:9001"] });
+    const server = await fakeEtcd([line("11", [putOf("/microservices/svc/z", value, "9007199254740991")])]);
+    const recorder = eventRecorder();
+    const failed = recorder.next("discovery_failed");
+    const transport = watchingFake(server, {}, recorder.onEvent);
+    await transport.peers();
+    expect((await failed).error.message).toContain("above the header revision");
+    expect((await transport.peers()).map((p) => p.address)).toEqual(["10.0.0.1:9001"]);
+  });
+
+  it("recovers from a watch line at revision 2^53-1: a line after it going back breaks the watch, and reads take over", async () => {
+    const value = JSON.stringify({ id: "z", name: "svc", version: "v1", metadata: null, endpoints: ["grpc://10.0.0.9:9001"] });
+    const server = await fakeEtcd([
+      line("9007199254740991", [putOf("/microservices/svc/z", value, "9007199254740991")]),
+      line("12", [putOf("/microservices/svc/c", value.replace("10.0.0.9", "10.0.0.3"), "12")]),
+    ]);
+    const recorder = eventRecorder();
+    const transport = watchingFake(server, {}, recorder.onEvent);
+    await transport.peers();
+    // the first line is applied: nothing tells it from a real change
+    await until(() => recorder.events.some((e) => e.type === "snapshot" && e.revision === 9007199254740991), { what: "the first line applied" });
+    const deadline = Date.now() + 8_000;
+    while (JSON.stringify((await transport.peers()).map((p) => p.address)) !== '["10.0.0.1:9001"]') {
+      expect(Date.now()).toBeLessThan(deadline); // was: frozen at 2^53-1, every later change and read passed over
+      await sleep(50);
+    }
+  }, 15_000);
+
+  it("breaks a watch sending fragments of one response past maxResponseBytes", async () => {
+    const fragments = Array.from({ length: 40 }, (_, i) => line("11", [putOf(`/microservices/svc/f${i}`, "x".repeat(1_000), "11")], { fragment: true }));
+    const server = await fakeEtcd(fragments);
+    const recorder = eventRecorder();
+    const failed = recorder.next("discovery_failed");
+    const transport = watchingFake(server, { maxResponseBytes: 16_000 }, recorder.onEvent);
+    await transport.peers();
+    const { error } = await failed;
+    expect(error.code).toBe(Code.ResourceExhausted);
+    expect(error.message).toContain("maxResponseBytes");
   });
 });

@@ -26,6 +26,12 @@ const earlyReadGapMs = 1_000;
  * Past it they are dropped and the registry is read again instead.
  */
 const maxPendingUpdates = 1_000;
+/**
+ * Most text (keys and values) those held updates may hold together: each may
+ * carry a line of up to maxWatchLineBytes, so a count alone would let a busy
+ * watch queue GBs behind one slow read. Past it, as past the count.
+ */
+const maxPendingBytes = 16 * 1024 * 1024;
 
 /** A transport holding the snapshot: told of its events, and handed each new snapshot served, until it releases it. */
 export interface Holder {
@@ -77,6 +83,7 @@ export class SharedSnapshot {
   private base: Snapshot | undefined;
   /** Watch updates that came while a read was in flight: applied, in order, once it ends. */
   private pending: RegistryUpdate[] = [];
+  private pendingBytes = 0;
   /** Date.now() before which no early read starts, and the gap the next one sets. */
   private earlyReadAfter = 0;
   private earlyGapMs = earlyReadGapMs;
@@ -150,6 +157,7 @@ export class SharedSnapshot {
         this.inflight = undefined;
         const pending = this.pending;
         this.pending = [];
+        this.pendingBytes = 0;
         if (this.readAgain) {
           this.readAgain = false; // that read covers the pending updates too
           this.refresh().catch(() => {}); // reported as a discovery_failed event
@@ -228,6 +236,7 @@ export class SharedSnapshot {
     this.inflight = undefined;
     this.readAgain = false;
     this.pending = [];
+    this.pendingBytes = 0;
   }
 
   /** Watches again from the current revision (after etcd's revisions started over). */
@@ -266,10 +275,12 @@ export class SharedSnapshot {
     }
     if (update !== undefined && this.base !== undefined && !this.readAgain) {
       if (this.inflight !== undefined) {
-        if (this.pending.push(update) <= maxPendingUpdates) {
+        this.pendingBytes += update.bytes ?? 0;
+        if (this.pending.push(update) <= maxPendingUpdates && this.pendingBytes <= maxPendingBytes) {
           return;
         }
         this.pending = [];
+        this.pendingBytes = 0;
       } else {
         const next = applied(update, this.base);
         if (next !== undefined) {
@@ -278,6 +289,9 @@ export class SharedSnapshot {
           }
           return;
         }
+        // Not applied (too big a registry, or not one this discovery made): later updates must not
+        // apply to a base that lacks this one, so none is applied until a read is taken.
+        this.base = undefined;
       }
     }
     this.freshUntil = 0;
@@ -305,6 +319,7 @@ export class SharedSnapshot {
     }
     if (verdict.etcdReset) {
       this.pending = []; // changes of the etcd that was replaced
+      this.pendingBytes = 0;
     }
     const before = this.state.snapshot;
     this.state = verdict.state;

@@ -10,18 +10,82 @@ export interface RegistryEntry {
   readonly value: string;
   /** etcd's mod_revision of the entry: the revision of its last change; 0 or absent when unknown. */
   readonly modRevision?: number;
+  /**
+   * Set when the key's bytes are not UTF-8 (see readKey): `key` is then only
+   * the key shown, and this (its bytes in base64) tells it from other such keys.
+   */
+  readonly unreadable?: string | undefined;
 }
 
-/** One change a watch saw: a key written or deleted at a revision. */
+/** One change a watch saw: a key written or deleted at a revision; `unreadable` as in RegistryEntry. */
 export type RegistryEvent =
-  | { readonly kind: "put"; readonly key: string; readonly value: string; readonly revision: number }
-  | { readonly kind: "delete"; readonly key: string; readonly revision: number };
+  | { readonly kind: "put"; readonly key: string; readonly value: string; readonly revision: number; readonly unreadable?: string | undefined }
+  | { readonly kind: "delete"; readonly key: string; readonly revision: number; readonly unreadable?: string | undefined };
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * A key as etcd holds it (bytes) made text. Bytes that are not UTF-8 have
+ * no text of their own: decoded leniently, `…/\xFE` and `…/\xFF` would both
+ * read `…/\uFFFD`, one key hiding or replacing the other, and out of etcd's
+ * order. Such a key is only shown — its UTF-8 runs as text, every other byte
+ * as \xHH — and marked `unreadable` (its bytes in base64): it is skipped and
+ * reported, never decoded, ordered or indexed with the others.
+ */
+export function readKey(bytes: Uint8Array): { key: string; unreadable?: string } {
+  try {
+    return { key: strictUtf8.decode(bytes) };
+  } catch {
+    return { key: shownBytes(bytes), unreadable: base64Of(bytes) };
+  }
+}
+
+/** Why a key that is not UTF-8 is skipped. */
+export const unreadableKeyReason = "the key is not valid UTF-8 (shown with \\xHH for each byte that is not): skipped";
+
+function shownBytes(bytes: Uint8Array): string {
+  let out = "";
+  for (let i = 0; i < bytes.length; ) {
+    const lead = bytes[i]!;
+    const length = lead < 0x80 ? 1 : lead >= 0xc2 && lead <= 0xdf ? 2 : lead >= 0xe0 && lead <= 0xef ? 3 : lead >= 0xf0 && lead <= 0xf4 ? 4 : 0;
+    let text: string | undefined;
+    if (length > 0 && i + length <= bytes.length) {
+      try {
+        text = strictUtf8.decode(bytes.subarray(i, i + length));
+      } catch {
+        text = undefined;
+      }
+    }
+    if (text === undefined) {
+      out += `\\x${lead.toString(16).toUpperCase().padStart(2, "0")}`;
+      i++;
+    } else {
+      out += text;
+      i += length;
+    }
+  }
+  return out;
+}
+
+function base64Of(bytes: Uint8Array): string {
+  let binary = "";
+  for (const byte of bytes) {
+    binary += String.fromCharCode(byte);
+  }
+  return btoa(binary);
+}
 
 /** What one key decoded to: an instance, the reasons it was skipped (or refused endpoints), or nothing. */
 interface Decoded {
   readonly key: string;
   /** The revision of the value decoded; 0 when unknown (the entry is then decoded on every read). */
   readonly modRevision: number;
+  /**
+   * The value decoded. A read reuses this decode only for the same
+   * mod_revision *and* value: an etcd rebuilt behind the same URL starts its
+   * revisions over, and may hold the key at the same mod_revision with another address.
+   */
+  readonly value: string;
   readonly instance: Instance | undefined;
   readonly skipped: readonly SkippedEntry[];
 }
@@ -38,6 +102,33 @@ interface RegistryIndex {
   readonly layout: RegistryLayout;
   readonly service: string;
   readonly byKey: Map<string, Decoded>;
+  /** Keys that are not UTF-8, by their bytes (base64): skipped, listed after the others in `owner.skipped`. */
+  readonly unreadable: Map<string, Unreadable>;
+  /** Text held: keys and values, in UTF-16 units (at most their UTF-8 bytes); see entryBytes. */
+  bytes: number;
+}
+
+interface Unreadable {
+  readonly revision: number;
+  readonly skip: SkippedEntry;
+  readonly bytes: number;
+}
+
+/**
+ * What an entry adds to a range answer, at least: its key and value, in
+ * base64 (4/3 of their bytes). A snapshot whose entries add up past
+ * maxResponseBytes could not be read again, so no watch update makes one.
+ */
+export function answerBytes(textBytes: number): number {
+  return Math.ceil((textBytes * 4) / 3);
+}
+
+export function entryBytes(key: string, value: string): number {
+  return key.length + value.length;
+}
+
+function unreadableBytes(unreadable: string, value: string): number {
+  return Math.floor((unreadable.length * 3) / 4) + value.length;
 }
 
 const indexes = new WeakMap<Snapshot, RegistryIndex>();
@@ -60,8 +151,6 @@ function indexOf(snapshot: Snapshot | undefined, layout: RegistryLayout, service
  * refuses, are skipped with their key and reason, never thrown. An instance
  * keeps its other endpoints when some are refused, and the refusal is still
  * reported: an address someone registered and nobody dials is worth a look.
- * Entries whose mod_revision equals the one `previous` decoded are taken
- * from it as they are.
  */
 export function decodeSnapshot(
   layout: RegistryLayout,
@@ -70,6 +159,7 @@ export function decodeSnapshot(
   entries: readonly RegistryEntry[],
   previous?: Snapshot,
 ): Snapshot {
+  // Entries whose mod_revision and value both equal what `previous` decoded are taken from it as they are.
   const builder = new Builder(layout, service, previous);
   for (const entry of entries) {
     builder.add(entry);
@@ -110,6 +200,8 @@ class Builder {
   private readonly byKey = new Map<string, Decoded>();
   private readonly instances: Instance[] = [];
   private readonly skipped: SkippedEntry[] = [];
+  private readonly unreadable = new Map<string, Unreadable>();
+  private bytes = 0;
   private last: string | undefined;
   /** Keys strictly in etcd's order (bytes): the index needs it to place changes; otherwise none is kept. */
   private ordered = true;
@@ -122,13 +214,28 @@ class Builder {
     this.reuse = indexOf(previous, layout, service);
   }
 
-  add({ key, value, modRevision = 0 }: RegistryEntry): void {
+  add({ key, value, modRevision = 0, unreadable }: RegistryEntry): void {
+    if (unreadable !== undefined) {
+      // before ordering and indexing: its text is not its key
+      const old = this.reuse?.unreadable.get(unreadable);
+      const skip = old !== undefined && old.skip.key === key ? old.skip : { key, reason: unreadableKeyReason };
+      if (!this.unreadable.has(unreadable)) {
+        const bytes = unreadableBytes(unreadable, value);
+        this.unreadable.set(unreadable, { revision: modRevision, skip, bytes });
+        this.bytes += bytes;
+      }
+      return;
+    }
     if (this.last !== undefined && compareKeys(this.last, key) >= 0) {
       this.ordered = false;
     }
     this.last = key;
     const old = this.reuse?.byKey.get(key);
-    const decoded = old !== undefined && modRevision > 0 && old.modRevision === modRevision ? old : decodeKey(this.layout, this.service, key, value, modRevision, old);
+    const decoded =
+      old !== undefined && modRevision > 0 && old.modRevision === modRevision && old.value === value
+        ? old
+        : decodeKey(this.layout, this.service, key, value, modRevision, old);
+    this.bytes += entryBytes(key, value);
     this.byKey.set(key, decoded);
     if (decoded.instance !== undefined) {
       this.instances.push(decoded.instance);
@@ -139,9 +246,19 @@ class Builder {
   }
 
   finish(revision: number): Snapshot {
+    for (const { skip } of this.unreadable.values()) {
+      this.skipped.push(skip);
+    }
     const snapshot: Snapshot = { service: this.service, revision, instances: this.instances, skipped: this.skipped };
     if (this.ordered) {
-      indexes.set(snapshot, { owner: snapshot, layout: this.layout, service: this.service, byKey: this.byKey });
+      indexes.set(snapshot, {
+        owner: snapshot,
+        layout: this.layout,
+        service: this.service,
+        byKey: this.byKey,
+        unreadable: this.unreadable,
+        bytes: this.bytes,
+      });
       keyOrdered.add(snapshot);
     }
     return snapshot;
@@ -151,12 +268,20 @@ class Builder {
 /**
  * The snapshot after `events`, made from `base` by decoding only the keys
  * they touch; undefined when `base` has no index of this layout (it was not
- * decoded here, or its keys were out of order), so the caller reads afresh.
- * Events at or below `base.revision` are in `base` already, and an event
- * older than the last one applied to its key is passed over; both happen
- * when a watch is opened again over changes a read has seen.
+ * decoded here, or its keys were out of order), or when the snapshot made
+ * would hold more than `maxBytes` would let a read of it bring (base64 of its
+ * keys and values): then the caller reads afresh, which fails naming the
+ * limit while that is so. Events at or below `base.revision` are in `base`
+ * already, and an event older than the last one applied to its key is passed
+ * over; both happen when a watch is opened again over changes a read has seen.
  */
-export function applyEvents(layout: RegistryLayout, service: string, base: Snapshot, events: readonly RegistryEvent[]): Snapshot | undefined {
+export function applyEvents(
+  layout: RegistryLayout,
+  service: string,
+  base: Snapshot,
+  events: readonly RegistryEvent[],
+  maxBytes = Number.POSITIVE_INFINITY,
+): Snapshot | undefined {
   const index = indexOf(base, layout, service);
   if (index === undefined) {
     return undefined;
@@ -164,7 +289,28 @@ export function applyEvents(layout: RegistryLayout, service: string, base: Snaps
   let revision = base.revision;
   /** Per changed key: what it decodes to now (null: deleted), and the revision of that change. */
   const changes = new Map<string, { decoded: Decoded | null; revision: number }>();
+  /** Per changed key that is not UTF-8: what it holds now (null: deleted). */
+  const unreadableChanges = new Map<string, Unreadable | null>();
   for (const event of events) {
+    if (event.unreadable !== undefined) {
+      const current = unreadableChanges.get(event.unreadable);
+      const keyRevision = current === undefined ? (index.unreadable.get(event.unreadable)?.revision ?? 0) : (current?.revision ?? 0);
+      if (event.revision <= base.revision || event.revision < keyRevision) {
+        continue;
+      }
+      revision = Math.max(revision, event.revision);
+      unreadableChanges.set(
+        event.unreadable,
+        event.kind === "delete"
+          ? null
+          : {
+              revision: event.revision,
+              skip: { key: event.key, reason: unreadableKeyReason },
+              bytes: unreadableBytes(event.unreadable, event.value),
+            },
+      );
+      continue;
+    }
     const current = changes.get(event.key);
     const keyRevision = current?.revision ?? index.byKey.get(event.key)?.modRevision ?? 0;
     if (event.revision <= base.revision || event.revision < keyRevision) {
@@ -175,16 +321,38 @@ export function applyEvents(layout: RegistryLayout, service: string, base: Snaps
     const decoded = event.kind === "delete" ? null : decodeKey(layout, service, event.key, event.value, event.revision, old);
     changes.set(event.key, { decoded, revision: event.revision });
   }
-  if (changes.size === 0) {
+  if (changes.size === 0 && unreadableChanges.size === 0) {
     return base;
   }
+  let bytes = index.bytes;
   const changed = [...changes.keys()].sort(compareKeys);
   let contentChanged = false;
   for (const key of changed) {
     const before = index.byKey.get(key);
     const after = changes.get(key)!.decoded;
+    bytes += (after === null ? 0 : entryBytes(key, after.value)) - (before === undefined ? 0 : entryBytes(key, before.value));
     if (after === null ? before !== undefined : before === undefined || after.instance !== before.instance || after.skipped !== before.skipped) {
       contentChanged = true;
+    }
+  }
+  for (const [id, after] of unreadableChanges) {
+    const before = index.unreadable.get(id);
+    bytes += (after?.bytes ?? 0) - (before?.bytes ?? 0);
+    if (after === null ? before !== undefined : before === undefined || after.skip.key !== before.skip.key) {
+      contentChanged = true;
+    }
+  }
+  if (answerBytes(bytes) > maxBytes) {
+    return undefined; // the index is left as it was: a read follows
+  }
+  // The skipped entries of keys that are UTF-8, in key order, then those of keys that are not.
+  const keyedSkips = base.skipped.slice(0, base.skipped.length - index.unreadable.size);
+  for (const [id, after] of unreadableChanges) {
+    if (after === null) {
+      index.unreadable.delete(id);
+    } else {
+      const before = index.unreadable.get(id);
+      index.unreadable.set(id, before !== undefined && before.skip.key === after.skip.key ? { ...after, skip: before.skip } : after);
     }
   }
   const next: Snapshot = contentChanged
@@ -195,7 +363,10 @@ export function applyEvents(layout: RegistryLayout, service: string, base: Snaps
           const instance = changes.get(key)!.decoded?.instance;
           return instance === undefined ? [] : [instance];
         }),
-        skipped: spliceSorted(base.skipped, changed, (key) => changes.get(key)!.decoded?.skipped ?? []),
+        skipped: [
+          ...spliceSorted(keyedSkips, changed, (key) => changes.get(key)!.decoded?.skipped ?? []),
+          ...[...index.unreadable.values()].map(({ skip }) => skip),
+        ],
       }
     : { service, revision, instances: base.instances, skipped: base.skipped };
   for (const [key, { decoded }] of changes) {
@@ -205,6 +376,7 @@ export function applyEvents(layout: RegistryLayout, service: string, base: Snaps
       index.byKey.set(key, decoded);
     }
   }
+  index.bytes = bytes;
   index.owner = next;
   indexes.delete(base);
   indexes.set(next, index);
@@ -220,14 +392,24 @@ export function applyEvents(layout: RegistryLayout, service: string, base: Snaps
  */
 export const maxEventsPerUpdate = 128;
 
-/** The update a watch hands the cache for `events` of one service read with `layout`; undefined when there are too many to apply at once. */
-export function registryUpdate(layout: RegistryLayout, service: string, events: readonly RegistryEvent[]): RegistryUpdate | undefined {
+/**
+ * The update a watch hands the cache for `events` of one service read with
+ * `layout`; undefined when there are too many to apply at once. `maxBytes`
+ * bounds the snapshot it makes as a read is bounded (maxResponseBytes).
+ */
+export function registryUpdate(
+  layout: RegistryLayout,
+  service: string,
+  events: readonly RegistryEvent[],
+  maxBytes = Number.POSITIVE_INFINITY,
+): RegistryUpdate | undefined {
   if (events.length > maxEventsPerUpdate) {
     return undefined;
   }
   return {
     revision: events.reduce((highest, event) => Math.max(highest, event.revision), 0),
-    applyTo: (base) => applyEvents(layout, service, base, events),
+    bytes: events.reduce((total, event) => total + event.key.length + (event.kind === "put" ? event.value.length : 0), 0),
+    applyTo: (base) => applyEvents(layout, service, base, events, maxBytes),
   };
 }
 
@@ -249,9 +431,9 @@ function decodeKey(layout: RegistryLayout, service: string, key: string, value: 
     skipped = checked.refused.map((reason) => ({ key, reason }));
   }
   if (old !== undefined && sameInstance(old.instance, instance) && sameSkips(old.skipped, skipped)) {
-    return old.modRevision === modRevision ? old : { ...old, modRevision };
+    return old.modRevision === modRevision && old.value === value ? old : { ...old, modRevision, value };
   }
-  return { key, modRevision, instance, skipped: skipped.length === 0 ? noSkips : skipped };
+  return { key, modRevision, value, instance, skipped: skipped.length === 0 ? noSkips : skipped };
 }
 
 const noSkips: readonly SkippedEntry[] = [];

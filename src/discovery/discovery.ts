@@ -62,6 +62,8 @@ export interface WatchListener {
 export interface RegistryUpdate {
   /** The revision of the last change it holds. */
   readonly revision: number;
+  /** Text it holds (keys and values, in UTF-16 units): the cache bounds what it queues by this. */
+  readonly bytes?: number;
   /**
    * The snapshot after these changes, made from the one the cache last took
    * from this discovery (a read, or an earlier update): unchanged entries keep

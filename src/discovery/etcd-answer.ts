@@ -6,11 +6,12 @@
  * the last good snapshot meanwhile — better than a partial registry.
  */
 
-import type { RegistryEntry, RegistryEvent } from "./decode.js";
+import { readKey, type RegistryEntry, type RegistryEvent } from "./decode.js";
 
 export interface RangeAnswer {
   readonly revision: number;
-  readonly kvs: readonly Required<RegistryEntry>[];
+  /** In etcd's order; a key that is not UTF-8 is marked `unreadable` (see readKey), and is to be skipped. */
+  readonly kvs: readonly (Required<Omit<RegistryEntry, "unreadable">> & Pick<RegistryEntry, "unreadable">)[];
   /** A range asked with a limit stopped there: more keys follow the last one. */
   readonly more: boolean;
   /** The last key as etcd sent it (bytes, which its text may not keep): where the next page starts. */
@@ -20,6 +21,8 @@ export interface RangeAnswer {
 /** A watch response line, reduced to what the watch acts on. */
 export interface WatchLine {
   readonly created: boolean;
+  /** header.revision: etcd's revision when it sent the line; undefined when the line has no header. */
+  readonly revision: number | undefined;
   /** The changes it reports, in etcd's order. */
   readonly events: readonly RegistryEvent[];
   /** etcd split one response into lines (fragment): this one is not its last. */
@@ -110,12 +113,22 @@ export function watchLine(line: unknown): WatchLine {
     const message = typeof error === "string" ? error : (error as { message?: unknown } | null)?.message;
     return { ...noChange, ended: typeof message === "string" && message !== "" ? message : "error" };
   }
-  const { created, events, fragment, canceled, cancel_reason, compact_revision } = object(result, "has no result object");
+  const { header, created, events, fragment, canceled, cancel_reason, compact_revision } = object(result, "has no result object");
   if (events !== undefined && !Array.isArray(events)) {
     throw new MalformedAnswer("has events that is not a list");
   }
   if (canceled !== true) {
-    return { created: created === true, events: (events ?? []).map(watchEvent), fragment: fragment === true, ended: undefined };
+    const revision = header === undefined ? undefined : checkedRevision(object(header, "has a header that is not an object").revision, "header.revision");
+    const changes = (events ?? []).map(watchEvent);
+    if (changes.length > 0 && revision === undefined) {
+      throw new MalformedAnswer("has events without a header revision");
+    }
+    // etcd's header revision is its revision when it sent the events: none is later.
+    const later = changes.findIndex((event) => event.revision > revision!);
+    if (later >= 0) {
+      throw new MalformedAnswer(`has events[${later}] with a mod_revision above the header revision of its line`);
+    }
+    return { created: created === true, revision, events: changes, fragment: fragment === true, ended: undefined };
   }
   if (typeof cancel_reason === "string" && cancel_reason !== "") {
     return { ...noChange, ended: cancel_reason };
@@ -124,7 +137,7 @@ export function watchLine(line: unknown): WatchLine {
   return { ...noChange, ended: compacted > 0 ? `compacted up to revision ${compacted}` : "canceled" };
 }
 
-const noChange = { created: false, events: [], fragment: false } as const;
+const noChange = { created: false, revision: undefined, events: [], fragment: false } as const;
 
 /** etcd's Event: type PUT (0, left out) or DELETE (1), and the kv after it; a deleted kv holds its key and mod_revision only. */
 function watchEvent(entry: unknown, index: number): RegistryEvent {
@@ -134,12 +147,13 @@ function watchEvent(entry: unknown, index: number): RegistryEvent {
     throw new MalformedAnswer(`has events[${index}] without a text key and value`);
   }
   const revision = checkedRevision(mod_revision, `events[${index}].kv.mod_revision`);
-  const text = fromBase64(key, `events[${index}].kv.key`);
+  const { key: text, unreadable } = readKey(base64Bytes(key, `events[${index}].kv.key`));
+  const marked = unreadable === undefined ? {} : { unreadable };
   if (type === undefined || type === "PUT" || type === 0) {
-    return { kind: "put", key: text, value: fromBase64(value ?? "", `events[${index}].kv.value`), revision };
+    return { kind: "put", key: text, value: fromBase64(value ?? "", `events[${index}].kv.value`), revision, ...marked };
   }
   if (type === "DELETE" || type === 1) {
-    return { kind: "delete", key: text, revision };
+    return { kind: "delete", key: text, revision, ...marked };
   }
   throw new MalformedAnswer(`has events[${index}] of a type that is neither PUT nor DELETE`);
 }
@@ -153,14 +167,15 @@ function checkedRevision(value: unknown, field: string): number {
   return revision;
 }
 
-function keyValue(entry: unknown, index: number): Required<RegistryEntry> {
+function keyValue(entry: unknown, index: number): RangeAnswer["kvs"][number] {
   const { key, value, mod_revision } = object(entry, `has kvs[${index}] that is not an object`);
   if (typeof key !== "string" || (value !== undefined && typeof value !== "string")) {
     throw new MalformedAnswer(`has kvs[${index}] without a text key and value`);
   }
   // etcd leaves out an empty value; without a mod_revision the entry is decoded on every read
   const modRevision = mod_revision === undefined ? 0 : checkedRevision(mod_revision, `kvs[${index}].mod_revision`);
-  return { key: fromBase64(key, `kvs[${index}].key`), value: fromBase64(value ?? "", `kvs[${index}].value`), modRevision };
+  const { key: text, unreadable } = readKey(base64Bytes(key, `kvs[${index}].key`));
+  return { key: text, value: fromBase64(value ?? "", `kvs[${index}].value`), modRevision, ...(unreadable !== undefined && { unreadable }) };
 }
 
 function object(value: unknown, problem: string): Record<string, unknown> {

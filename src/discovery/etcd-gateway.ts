@@ -64,6 +64,16 @@ export const pageKeys = 500;
 /** How many times a read in pages starts over when etcd compacted its revision between two pages. */
 const compactedReadAttempts = 3;
 
+/**
+ * Most pages of one read: 500,000 keys, 25 times a 20,000-instance fleet.
+ * Something in etcd's place answering a key a page with `more` forever
+ * would otherwise keep one read going for as long as it likes.
+ */
+export const maxPagesPerRead = 1_000;
+
+/** A whole read in pages ends within this many request timeouts (requestTimeoutMs bounds each page). */
+export const readTimeouts = 4;
+
 interface RangePage {
   readonly prefix: string;
   readonly from: Uint8Array | string;
@@ -187,6 +197,12 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
     if (signal.aborted) {
       onAbort();
     }
+    const readMs = readTimeouts * options.requestTimeoutMs;
+    const overdue = new ConnectError(
+      `the read of "${prefix}" in pages did not end within ${readMs} ms (${readTimeouts} × requestTimeoutMs): refused`,
+      Code.DeadlineExceeded,
+    );
+    const deadline = setTimeout(() => controller.abort(overdue), readMs);
     let ahead: Promise<RangeAnswer & { bytes: number }> | undefined;
     try {
       sink.start();
@@ -205,12 +221,21 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
         ahead = undefined;
         bytes += answer.bytes;
         revision ??= answer.revision;
-        if (last !== undefined && answer.kvs.length > 0 && compareKeys(answer.kvs[0]!.key, last) <= 0) {
+        // Keys that are not UTF-8 have no text to order by: skipped, they are left out here
+        // (the next page starts after the bytes of the last key, whatever it is).
+        const readable = answer.kvs.filter((kv) => kv.unreadable === undefined);
+        if (last !== undefined && readable.length > 0 && compareKeys(readable[0]!.key, last) <= 0) {
           throw new ConnectError(`etcd answered a page of "${prefix}" that does not follow the one before it: refused`, Code.Internal);
         }
         keys += answer.kvs.length;
-        last = answer.kvs.at(-1)?.key ?? last;
+        last = readable.at(-1)?.key ?? last;
         const more = answer.more && answer.lastKey !== undefined;
+        if (more && pages >= maxPagesPerRead) {
+          throw new ConnectError(
+            `etcd answered more than ${maxPagesPerRead} pages of "${prefix}" (${keys} keys so far, ${pageKeys} asked a page): refused`,
+            Code.ResourceExhausted,
+          );
+        }
         if (more) {
           ahead = fetchPage(nextKey(answer.lastKey!), pages);
           ahead.catch(() => {}); // awaited below, unless the sink fails first
@@ -220,7 +245,10 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
           return revision;
         }
       }
+    } catch (error) {
+      throw controller.signal.reason === overdue && !signal.aborted ? overdue : error;
     } finally {
+      clearTimeout(deadline);
       signal.removeEventListener("abort", onAbort);
       if (ahead !== undefined) {
         controller.abort(new ConnectError("the read was given up", Code.Canceled));
@@ -244,10 +272,32 @@ export function createEtcdGateway(options: EtcdGatewayOptions): EtcdGateway {
       const quotesSecret = secretQuoter(request.secrets);
       /** A response etcd split into lines (fragment): too big a change to apply, so it is read afresh at its last line. */
       let fragmented = false;
+      /** Bytes of the lines of the response being split, so far: one response of etcd is at most a read's worth. */
+      let fragmentBytes = 0;
+      /** The highest header revision of the lines so far: etcd's revision never goes back within a watch. */
+      let seen = 0;
       for await (const line of boundedLines(response.body ?? new ReadableStream(), watchLimit.bytes)) {
-        const { created, events, fragment, ended } = watchLine(parseJson(line, watchLimit.bytes));
+        const { created, revision, events, fragment, ended } = watchLine(parseJson(line, watchLimit.bytes));
         if (ended !== undefined) {
           throw new ConnectError(`etcd ${endpoint} ended the watch of "${prefix}": ${shownText(ended, request.secrets)}`, Code.Unavailable);
+        }
+        if (revision !== undefined) {
+          if (revision < seen) {
+            throw new ConnectError(`etcd ${endpoint} sent a line of the watch of "${prefix}" at revision ${revision}, below the ${seen} of a line before: refused`, Code.Internal);
+          }
+          seen = revision;
+          // Opened after the revision read: an etcd whose revision is below it was rebuilt (or a
+          // change it sent was not its own), so the registry is read again until it is believed.
+          if (created && revision < afterRevision) {
+            throw new ConnectError(`etcd ${endpoint} is at revision ${revision}, below the ${afterRevision} read: the registry is read again`, Code.Unavailable);
+          }
+        }
+        fragmentBytes = fragment ? fragmentBytes + line.length : 0;
+        if (fragmentBytes > options.maxResponseBytes) {
+          throw new ConnectError(
+            `etcd ${endpoint} split one change of "${prefix}" into lines of more than ${options.maxResponseBytes} bytes: raise the etcdDiscovery option maxResponseBytes if etcd really sends that much`,
+            Code.ResourceExhausted,
+          );
         }
         // As in a range answer: keys and values reach events and logs, and only keys under the prefix are the service's.
         if (events.some((event) => quotesSecret(event.key) || (event.kind === "put" && quotesSecret(event.value)))) {

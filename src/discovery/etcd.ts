@@ -135,7 +135,8 @@ export function etcdDiscovery(options: EtcdDiscoveryOptions): Discovery {
         gateway.watchPrefix(servicePrefix(namespace, service), afterRevision, signal, {
           opened: () => listener.opened(),
           // the cache applies the events to its snapshot, decoding only the keys they touch
-          changed: (events) => listener.changed(events === undefined ? undefined : registryUpdate(layout, service, events)),
+          // no more than a read of them would bring: past maxResponseBytes, the registry is read (and refused) instead
+          changed: (events) => listener.changed(events === undefined ? undefined : registryUpdate(layout, service, events, maxResponseBytes)),
         }),
     }),
   };

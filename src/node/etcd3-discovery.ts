@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Etcd3 } from "etcd3";
-import { createSnapshotBuilder, registryUpdate, type RegistryEntry } from "../discovery/decode.js";
+import { answerBytes, createSnapshotBuilder, readKey, registryUpdate, type RegistryEntry } from "../discovery/decode.js";
 import type { Discovery, Snapshot } from "../discovery/discovery.js";
 import { prefixEnd } from "../discovery/etcd-answer.js";
 import { resolveFormat, servicePrefix, type RegistryFormat } from "../registry/format.js";
@@ -26,10 +26,19 @@ export interface Etcd3DiscoveryOptions {
   readonly ttlMs?: number;
   /** Limit for one read, in ms (default 5,000): etcd3 ignores dialTimeout, so a read of an unreachable etcd would never end. */
   readonly requestTimeoutMs?: number;
+  /**
+   * Largest registry read, in bytes (default 33,554,432: 32 MiB), counted as
+   * etcdDiscovery's option of the same name (keys and values as base64), over
+   * all pages of a read. A bigger read fails with ResourceExhausted naming
+   * this option, and the last good snapshot keeps serving; a watch never
+   * grows the snapshot past it either (the registry is read, and refused, instead).
+   */
+  readonly maxResponseBytes?: number;
 }
 
 const defaultTtlMs = 10_000;
 const defaultRequestTimeoutMs = 5_000;
+const defaultMaxResponseBytes = 32 * 1024 * 1024;
 
 /**
  * Discovers instances through an existing etcd3 client, following each
@@ -45,20 +54,25 @@ export function etcd3Discovery(options: Etcd3DiscoveryOptions): Discovery {
   const namespace = options.namespace ?? layout.defaultNamespace;
   const ttlMs = checkDuration("ttlMs", options.ttlMs ?? defaultTtlMs);
   const requestTimeoutMs = checkDuration("requestTimeoutMs", options.requestTimeoutMs ?? defaultRequestTimeoutMs);
+  const maxResponseBytes = options.maxResponseBytes ?? defaultMaxResponseBytes;
+  if (!Number.isSafeInteger(maxResponseBytes) || maxResponseBytes <= 0) {
+    throw new ConnectError(`etcd3Discovery option maxResponseBytes must be a whole number of bytes > 0, got ${maxResponseBytes}`, Code.InvalidArgument);
+  }
+  const limits: ReadLimits = { requestTimeoutMs, maxResponseBytes };
   const where = `etcd3 client (namespace "${namespace}", ${layout.name} format)`;
   return {
-    key: JSON.stringify(["etcd3", clientId(client), namespace, layout.name, ttlMs, requestTimeoutMs]),
+    key: JSON.stringify(["etcd3", clientId(client), namespace, layout.name, ttlMs, requestTimeoutMs, maxResponseBytes]),
     ttlMs,
     describe: () => where,
     async load(service, signal, previous) {
       const prefix = servicePrefix(namespace, service);
       for (let attempt = 1; ; attempt++) {
         try {
-          return await readPages(client, layout, service, prefix, requestTimeoutMs, signal, previous);
+          return await readPages(client, layout, service, prefix, limits, signal, previous);
         } catch (error) {
           // compacted between two pages: the read starts over at the revision etcd has now
           if (!compacted(error) || attempt >= compactedReadAttempts || signal.aborted) {
-            throw signal.aborted ? ConnectError.from(signal.reason, Code.Canceled) : readFailed(prefix, error);
+            throw signal.aborted ? ConnectError.from(signal.reason, Code.Canceled) : error instanceof ConnectError ? error : readFailed(prefix, error);
           }
         }
       }
@@ -67,7 +81,7 @@ export function etcd3Discovery(options: Etcd3DiscoveryOptions): Discovery {
       watchPrefix(client, servicePrefix(namespace, service), afterRevision, signal, {
         opened: () => listener.opened(),
         // the cache applies the events to its snapshot, decoding only the keys they touch
-        changed: (events) => listener.changed(registryUpdate(layout, service, events)),
+        changed: (events) => listener.changed(registryUpdate(layout, service, events, maxResponseBytes)),
       }),
   };
 }
@@ -76,6 +90,14 @@ export function etcd3Discovery(options: Etcd3DiscoveryOptions): Discovery {
 const pageKeys = 500;
 /** How many times a read in pages starts over when etcd compacted its revision between two pages. */
 const compactedReadAttempts = 3;
+/** Most pages of one read, and how many request timeouts it may take at most: as etcdDiscovery's. */
+const maxPagesPerRead = 1_000;
+const readTimeouts = 4;
+
+interface ReadLimits {
+  readonly requestTimeoutMs: number;
+  readonly maxResponseBytes: number;
+}
 
 /**
  * Every key under the prefix, in pages read at the revision of the first, so
@@ -87,13 +109,40 @@ async function readPages(
   layout: ReturnType<typeof resolveFormat>,
   service: string,
   prefix: string,
+  { requestTimeoutMs, maxResponseBytes }: ReadLimits,
+  outer: AbortSignal,
+  previous: Snapshot | undefined,
+): Promise<Snapshot> {
+  const readMs = readTimeouts * requestTimeoutMs;
+  const overdue = new ConnectError(
+    `etcd3 read of "${prefix}" in pages did not end within ${readMs} ms (${readTimeouts} × requestTimeoutMs): refused`,
+    Code.DeadlineExceeded,
+  );
+  const signal = AbortSignal.any([outer, AbortSignal.timeout(readMs)]);
+  try {
+    return await readPagesWithin(client, layout, service, prefix, requestTimeoutMs, maxResponseBytes, signal, previous);
+  } catch (error) {
+    throw signal.aborted && !outer.aborted ? overdue : error;
+  }
+}
+
+async function readPagesWithin(
+  client: Etcd3,
+  layout: ReturnType<typeof resolveFormat>,
+  service: string,
+  prefix: string,
   requestTimeoutMs: number,
+  maxResponseBytes: number,
   signal: AbortSignal,
   previous: Snapshot | undefined,
 ): Promise<Snapshot> {
   const builder = createSnapshotBuilder(layout, service, previous);
   const end = Buffer.from(prefixEnd(prefix));
   let revision: string | undefined;
+  let pages = 0;
+  let keys = 0;
+  /** Text read (keys and values), counted as the registry's index counts it. */
+  let text = 0;
   const page = (start: Buffer) => {
     let range = client.getAll().inRange({ start, end }).limit(pageKeys);
     if (revision !== undefined) {
@@ -107,11 +156,28 @@ async function readPages(
   for (;;) {
     const { header, kvs, more } = await ahead;
     revision ??= header.revision;
+    pages++;
+    keys += kvs.length;
     const last = kvs.at(-1);
+    if (more && last !== undefined && pages >= maxPagesPerRead) {
+      throw new ConnectError(`etcd answered more than ${maxPagesPerRead} pages of "${prefix}" (${keys} keys so far, ${pageKeys} asked a page): refused`, Code.ResourceExhausted);
+    }
+    // the next page starts after the bytes of the last key, even one that is not UTF-8 (skipped)
     if (more && last !== undefined) {
       ahead = page(Buffer.concat([last.key, Buffer.from([0])]));
     }
-    const entries: RegistryEntry[] = kvs.map((kv) => ({ key: kv.key.toString(), value: kv.value.toString(), modRevision: revisionOf(kv.mod_revision) }));
+    const entries: RegistryEntry[] = kvs.map((kv) => {
+      const { key, unreadable } = readKey(kv.key);
+      const value = kv.value.toString();
+      text += (unreadable === undefined ? key.length : kv.key.length) + value.length;
+      return { key, value, modRevision: revisionOf(kv.mod_revision), ...(unreadable !== undefined && { unreadable }) };
+    });
+    if (answerBytes(text) > maxResponseBytes) {
+      throw new ConnectError(
+        `etcd3 read of "${prefix}" brought more than ${maxResponseBytes} bytes: raise the etcd3Discovery option maxResponseBytes if the registry really is that big`,
+        Code.ResourceExhausted,
+      );
+    }
     await builder.addPaced(entries, signal);
     if (!more || last === undefined) {
       return builder.finish(Number(revision));

@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Etcd3, IWatchResponse } from "etcd3";
-import type { RegistryEvent } from "../../discovery/decode.js";
+import { readKey, type RegistryEvent } from "../../discovery/decode.js";
 
 /** What the watch tells: as the gateway's watch (see GatewayWatchListener). */
 export interface PrefixListener {
@@ -40,11 +40,19 @@ export function watchPrefix(client: Etcd3, prefix: string, afterRevision: number
       finish(new ConnectError(`etcd ${what} the watch of "${prefix}" from revision ${afterRevision + 1}: ${error.message}`, Code.Unavailable, undefined, undefined, error));
     signal.addEventListener("abort", onAbort);
     watcher.on("connected", () => done || listener.opened());
+    /** The highest header revision so far: etcd's revision never goes back within a watch. */
+    let seen = 0;
     watcher.on("data", (response: IWatchResponse) => {
       if (done || response.events.length === 0) {
         return;
       }
-      const events = registryEvents(response, prefix);
+      const header = Number(response.header?.revision);
+      if (!Number.isSafeInteger(header) || header < seen) {
+        finish(new ConnectError(`etcd sent changes of "${prefix}" at a header revision that is not one, or below a line before: refused`, Code.Internal));
+        return;
+      }
+      seen = header;
+      const events = registryEvents(response, prefix, header);
       if (typeof events === "string") {
         finish(new ConnectError(`etcd sent changes of "${prefix}" that cannot be applied: ${events}`, Code.Internal));
       } else {
@@ -58,18 +66,24 @@ export function watchPrefix(client: Etcd3, prefix: string, afterRevision: number
 }
 
 /** The events of a watch response, or what is wrong with them: a key outside the prefix, a revision that is not one. */
-function registryEvents(response: IWatchResponse, prefix: string): RegistryEvent[] | string {
+function registryEvents(response: IWatchResponse, prefix: string, header: number): RegistryEvent[] | string {
   const events: RegistryEvent[] = [];
+  const prefixBytes = Buffer.from(prefix);
   for (const { type, kv } of response.events) {
-    const key = kv.key.toString();
+    // a key that is not UTF-8 is shown, marked, and skipped by the index (see readKey)
+    const { key, unreadable } = readKey(kv.key);
+    const marked = unreadable === undefined ? {} : { unreadable };
     const revision = Number(kv.mod_revision);
-    if (!key.startsWith(prefix)) {
+    if (!kv.key.subarray(0, prefixBytes.length).equals(prefixBytes)) {
       return "a key outside the prefix";
     }
     if (!Number.isSafeInteger(revision) || revision < 0) {
       return "a mod_revision that is not a non-negative integer";
     }
-    events.push(type === "Delete" ? { kind: "delete", key, revision } : { kind: "put", key, value: kv.value.toString(), revision });
+    if (revision > header) {
+      return "a mod_revision above the header revision of its response";
+    }
+    events.push(type === "Delete" ? { kind: "delete", key, revision, ...marked } : { kind: "put", key, value: kv.value.toString(), revision, ...marked });
   }
   return events;
 }
