@@ -23,6 +23,9 @@ export interface Health {
  * other zones can take the calls.
  */
 export function healthOf(peers: readonly Peer[], detection: OutlierDetection | undefined, reachability: Reachability, panicAllowed: boolean): Health {
+  if (peers.length > 0 && !reachability.anyOut && detection?.anyEjected !== true) {
+    return { usable: peers, healthy: peers.length, noneReachable: false }; // the common case: no pass over the peers
+  }
   const reachable = peers.filter((peer) => !reachability.isOut(peer));
   if (reachable.length === 0) {
     return { usable: peers, healthy: 0, noneReachable: peers.length > 0 };

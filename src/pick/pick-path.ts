@@ -1,4 +1,5 @@
 import type { Balancer, Picker } from "../balancer/balancer.js";
+import { compareKeys } from "../discovery/decode.js";
 import type { Peer } from "../peer.js";
 import type { OutlierDetection } from "../transport/outlier-detection.js";
 import type { Reachability } from "../transport/reachability.js";
@@ -6,7 +7,14 @@ import { healthOf, type Health } from "./health.js";
 import { RendezvousRanking } from "./rendezvous.js";
 import type { SlowStart } from "./slow-start.js";
 import { takeSubset } from "./subset.js";
-import { fullyAvailable, localShare, splitByZone, type ZoneOptions } from "./zones.js";
+import { fullyAvailable, isLocal, localShare, splitByZone, type ZoneOptions } from "./zones.js";
+
+/** How the peers changed, by identity, between two lists in key order (the transport's PeerChange). */
+export interface PathChange {
+  readonly from: readonly Peer[];
+  readonly departed: readonly Peer[];
+  readonly added: readonly Peer[];
+}
 
 export interface PickPathOptions {
   /** The user's policy, at the top of the path. */
@@ -60,6 +68,20 @@ export class PickPath {
   private readonly local: GroupStage;
   private readonly others: GroupStage;
   private split: { readonly all: readonly Peer[]; readonly local: Peer[]; readonly others: Peer[] } | undefined;
+  /**
+   * The peers the subsets' rankings are of, once follow() kept them up to
+   * date (so these peers are in key order); undefined: ranked afresh from
+   * the peers of the next over().
+   */
+  private followed: readonly Peer[] | undefined;
+  /**
+   * The peers slow start last looked at when every one of them was in
+   * rotation, and the changes followed since: the next look, if every peer
+   * is in rotation again, is told just those.
+   */
+  private looked: { readonly to: readonly Peer[]; readonly changes: readonly Pick<PathChange, "departed" | "added">[]; readonly size: number } | undefined;
+  /** The peers of the last change followed: in key order, as a change is only told between such lists. */
+  private keyOrdered: readonly Peer[] | undefined;
   private built: { readonly all: readonly Peer[]; readonly reachVersion: number; readonly ejectVersion: number; readonly result: PickablePeers } | undefined;
 
   constructor(
@@ -69,6 +91,42 @@ export class PickPath {
   ) {
     this.local = new GroupStage(options);
     this.others = new GroupStage(options);
+  }
+
+  /**
+   * Takes a change of the peers to `all` into the subsets' rankings, in
+   * proportion to the change: the next over(all) then ranks nothing afresh.
+   * Without a change (or one not from the peers followed, or a big one),
+   * the next over() ranks its peers afresh. Without subsets there is
+   * nothing to keep: the policy is given every peer anyway.
+   */
+  follow(all: readonly Peer[], change: PathChange | undefined): void {
+    const followed = this.followed;
+    const looked = this.looked;
+    this.followed = undefined;
+    this.looked = undefined;
+    const { subsetSize, zones } = this.options;
+    if (subsetSize === undefined || change === undefined || followed === undefined || change.from !== followed) {
+      return;
+    }
+    if ((change.departed.length + change.added.length) * 8 > all.length) {
+      return; // a sort costs less than that many moves
+    }
+    if (zones === undefined) {
+      this.local.update(change.departed, change.added);
+    } else {
+      const local = (peers: readonly Peer[]) => peers.filter((peer) => isLocal(peer, zones));
+      const others = (peers: readonly Peer[]) => peers.filter((peer) => !isLocal(peer, zones));
+      this.local.update(local(change.departed), local(change.added));
+      this.others.update(others(change.departed), others(change.added));
+    }
+    this.followed = all;
+    this.keyOrdered = all;
+    const size = (looked?.size ?? 0) + change.departed.length + change.added.length;
+    // bounded: a transport that gets no call keeps no more than a full look would cost
+    if (looked?.to === change.from && size * 8 <= all.length) {
+      this.looked = { to: all, changes: [...looked.changes, { departed: change.departed, added: change.added }], size };
+    }
   }
 
   /** The picker over `all` (never empty) as of `now`. */
@@ -83,23 +141,28 @@ export class PickPath {
       return built.result;
     }
     const path = this.build(all, now);
-    const result = { ...path, members: inRegistryOrder(all, path.members) };
+    const result = { ...path, members: inRegistryOrder(all, path.members, this.keyOrdered === all) };
     this.built = { all, reachVersion, ejectVersion, result };
     return result;
   }
 
   private build(all: readonly Peer[], now: number): PickablePeers {
-    const { zones } = this.options;
+    const { zones, subsetSize } = this.options;
     const { detection, reachability } = this;
+    const followed = this.followed === all;
+    this.followed = subsetSize === undefined ? undefined : all; // ranked below, if not yet
     if (zones === undefined) {
-      const ranked = this.local.rank(all);
-      return only(this.ramped([this.local.over(ranked, healthOf(ranked, detection, reachability, true), this.options.subsetSize)], now)[0]!);
+      const ranked = followed ? this.local.ranking() : this.local.rank(all);
+      return only(this.ramped(all, [this.local.over(ranked, healthOf(ranked, detection, reachability, true), subsetSize)], now)[0]!);
     }
-    if (this.split?.all !== all) {
+    if (!followed && this.split?.all !== all) {
       this.split = { all, ...splitByZone(all, zones) };
     }
-    const localRanked = this.local.rank(this.split.local);
-    const othersRanked = this.others.rank(this.split.others);
+    const localRanked = followed ? this.local.ranking() : this.local.rank(this.split!.local);
+    const othersRanked = followed ? this.others.ranking() : this.others.rank(this.split!.others);
+    if (subsetSize !== undefined) {
+      this.split = undefined; // the rankings hold the zones now
+    }
     // A zone spreads over its ejected peers (panic) only while the zones together lack the capacity to take its calls, as Envoy.
     const healthOfBoth = (panicAllowed: boolean) => [healthOf(localRanked, detection, reachability, panicAllowed), healthOf(othersRanked, detection, reachability, panicAllowed)] as const;
     let [localHealth, othersHealth] = healthOfBoth(false);
@@ -110,7 +173,7 @@ export class PickPath {
     // the other zones' subset only as large as the spill-over needs, so that a client connects to few of them
     const size = this.options.subsetSize;
     const othersSize = size === undefined ? undefined : Math.max(1, Math.ceil(size * (1 - share)));
-    const [local, others] = this.ramped([this.local.over(localRanked, localHealth, size), this.others.over(othersRanked, othersHealth, othersSize)], now) as [Group, Group];
+    const [local, others] = this.ramped(all, [this.local.over(localRanked, localHealth, size), this.others.over(othersRanked, othersHealth, othersSize)], now) as [Group, Group];
     if (share >= 1) {
       return only(local);
     }
@@ -128,23 +191,41 @@ export class PickPath {
   }
 
   /** The groups with their pickers weighed by slow start, once it has seen which peers are in rotation now. */
-  private ramped(groups: Group[], now: number): Group[] {
+  private ramped(all: readonly Peer[], groups: Group[], now: number): Group[] {
     const { slowStart } = this.options;
     if (slowStart === undefined) {
       return groups;
     }
-    slowStart.look(
-      groups.flatMap((group) => group.health.usable),
-      now,
-    );
+    const everyPeer = groups.every((group) => group.health.usable.length === group.total);
+    const looked = this.looked;
+    if (everyPeer && looked?.to === all) {
+      // every peer in rotation now and at the last look: what came into rotation is what the registry added
+      for (const change of looked.changes) {
+        slowStart.lookChange(change.departed, change.added, now);
+      }
+    } else {
+      slowStart.look(
+        groups.flatMap((group) => group.health.usable),
+        now,
+      );
+    }
+    this.looked = everyPeer ? { to: all, changes: [], size: 0 } : undefined;
     return groups.map((group) => (group.pick === undefined ? group : { ...group, pick: slowStart.wrap(group.pick, group.chosen, now) }));
   }
 }
 
-/** `members` (a subset of `all`, as ranked) in the order of `all`, so that `peers()` and `stats()` list peers as the registry does. */
-function inRegistryOrder(all: readonly Peer[], members: readonly Peer[]): readonly Peer[] {
+/**
+ * `members` (a subset of `all`, as ranked) in the order of `all`, so that
+ * `peers()` and `stats()` list peers as the registry does: by key when `all`
+ * is known to be in key order (a subset's few members are sorted, not all
+ * peers passed over).
+ */
+function inRegistryOrder(all: readonly Peer[], members: readonly Peer[], keyOrdered: boolean): readonly Peer[] {
   if (members.length === all.length) {
     return all;
+  }
+  if (keyOrdered) {
+    return [...members].sort((a, b) => compareKeys(a.key, b.key));
   }
   const chosen = new Set(members);
   return all.filter((peer) => chosen.has(peer));
@@ -157,16 +238,30 @@ function only(group: Group): PickablePeers {
 
 /** Health, subset and the balancer's picker for one group of peers; keeps the picker while its peers stay the same. */
 class GroupStage {
-  private readonly ranking: RendezvousRanking | undefined;
+  private readonly ranker: RendezvousRanking | undefined;
+  private ranked: readonly Peer[] = [];
   private picker: { readonly peers: readonly Peer[]; readonly pick: Picker } | undefined;
 
   constructor(private readonly options: PickPathOptions) {
-    this.ranking = options.subsetSize === undefined ? undefined : new RendezvousRanking(options.seed);
+    this.ranker = options.subsetSize === undefined ? undefined : new RendezvousRanking(options.seed);
   }
 
   /** The peers in the subset's order (as given without a subset); the same array while `peers` is. */
   rank(peers: readonly Peer[]): readonly Peer[] {
-    return this.ranking?.rank(peers) ?? peers;
+    this.ranked = this.ranker?.rank(peers) ?? peers;
+    return this.ranked;
+  }
+
+  /** The ranking as of the last rank() or update(). */
+  ranking(): readonly Peer[] {
+    return this.ranked;
+  }
+
+  /** The ranking after a change of its peers (subsets only). */
+  update(departed: readonly Peer[], added: readonly Peer[]): void {
+    if (this.ranker !== undefined && (departed.length > 0 || added.length > 0)) {
+      this.ranked = this.ranker.update(departed, added);
+    }
   }
 
   /** The group over `ranked` (from rank()) with its health, on a subset of `size` (undefined: all usable peers). */

@@ -9,7 +9,7 @@ import type { Peer } from "../peer.js";
  * client spreads the clients over the fleet).
  */
 export class RendezvousRanking {
-  private ranked: { readonly peers: readonly Peer[]; readonly order: readonly Scored[]; readonly ranking: readonly Peer[] } | undefined;
+  private ranked: { readonly peers: readonly Peer[] | undefined; readonly order: readonly Scored[]; readonly ranking: readonly Peer[] } | undefined;
 
   /** `seed` defaults to 32 random bits, drawn at the first ranking: Workers refuse random values in global scope, where transports are often made. */
   constructor(private seed?: number) {}
@@ -19,11 +19,60 @@ export class RendezvousRanking {
     if (this.ranked?.peers === peers) {
       return this.ranked.ranking;
     }
-    const seed = (this.seed ??= Math.floor(Math.random() * 2 ** 32));
+    const seed = this.seedOf();
     const order = (this.ranked === undefined ? undefined : reorder(this.ranked.order, peers, seed)) ?? peers.map((peer) => ({ peer, score: rendezvousScore(peer.url, seed) })).sort(byScore);
     this.ranked = { peers, order, ranking: order.map((scored) => scored.peer) };
     return this.ranked.ranking;
   }
+
+  /**
+   * The ranking after `departed` left it and `added` came: each found or
+   * placed by binary search, so a change of one peer among 20,000 costs a
+   * copy of the arrays, not a pass over the peers. A fresh array; the one
+   * before stays as it was. Departed peers not in the ranking are passed over.
+   */
+  update(departed: readonly Peer[], added: readonly Peer[]): readonly Peer[] {
+    const seed = this.seedOf();
+    const order = (this.ranked?.order ?? []).slice();
+    const ranking = (this.ranked?.ranking ?? []).slice();
+    for (const peer of departed) {
+      const scored = { peer, score: rendezvousScore(peer.url, seed) };
+      for (let at = lowerBound(order, scored); at < order.length && order[at]!.score === scored.score; at++) {
+        if (order[at]!.peer === peer) {
+          order.splice(at, 1);
+          ranking.splice(at, 1);
+          break;
+        }
+      }
+    }
+    for (const peer of added) {
+      const scored = { peer, score: rendezvousScore(peer.url, seed) };
+      const at = lowerBound(order, scored);
+      order.splice(at, 0, scored);
+      ranking.splice(at, 0, peer);
+    }
+    this.ranked = { peers: undefined, order, ranking };
+    return ranking;
+  }
+
+  private seedOf(): number {
+    return (this.seed ??= Math.floor(Math.random() * 2 ** 32));
+  }
+}
+
+/** Where `scored` belongs in `order` (by falling score): the first place whose entry does not rank before it. */
+function lowerBound(order: readonly Scored[], scored: Scored): number {
+  let low = 0;
+  let high = order.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (byScore(order[middle]!, scored) < 0) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  return low;
 }
 
 interface Scored {
@@ -59,17 +108,7 @@ function reorder(last: readonly Scored[], peers: readonly Peer[], seed: number):
   }
   for (const peer of byUrl.values()) {
     const scored = { peer, score: rendezvousScore(peer.url, seed) };
-    let low = 0;
-    let high = order.length;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (byScore(order[middle]!, scored) < 0) {
-        low = middle + 1;
-      } else {
-        high = middle;
-      }
-    }
-    order.splice(low, 0, scored);
+    order.splice(lowerBound(order, scored), 0, scored);
   }
   return order;
 }

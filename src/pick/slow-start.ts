@@ -35,7 +35,7 @@ export class SlowStart {
   /** When each ramping peer came into rotation. */
   private readonly rampingSince = new Map<string, number>();
   /** The peers in rotation at the last look; undefined before the first. */
-  private inRotation: ReadonlySet<string> | undefined;
+  private inRotation: Set<string> | undefined;
 
   constructor(options: SlowStartOptions) {
     this.windowMs = options.windowMs;
@@ -54,6 +54,32 @@ export class SlowStart {
       }
     }
     this.inRotation = current;
+  }
+
+  /**
+   * As look(), told how the peers in rotation changed since the last look
+   * instead of all of them: costs in proportion to the change. A peer that
+   * departs and comes back under the same URL (its instance changed) does not ramp.
+   */
+  lookChange(departed: readonly Peer[], added: readonly Peer[], now: number): void {
+    const current = this.inRotation;
+    if (current === undefined) {
+      return;
+    }
+    const staying = new Set(added.map((peer) => peer.url));
+    for (const peer of added) {
+      if (!current.has(peer.url)) {
+        this.rampingSince.set(peer.url, now);
+      }
+    }
+    for (const peer of departed) {
+      if (!staying.has(peer.url)) {
+        current.delete(peer.url);
+      }
+    }
+    for (const url of staying) {
+      current.add(url);
+    }
   }
 
   /** The share of its weight a peer gets at `now`: 1 once its ramp is over, or without one. */
@@ -105,6 +131,13 @@ export class SlowStart {
       if (!live.has(url)) {
         this.rampingSince.delete(url);
       }
+    }
+  }
+
+  /** As retain(), for the URLs of peers that left. */
+  forget(urls: Iterable<string>): void {
+    for (const url of urls) {
+      this.rampingSince.delete(url);
     }
   }
 }

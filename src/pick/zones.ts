@@ -22,12 +22,17 @@ function overprovisioned(healthy: number, total: number): number {
   return Math.min(1, (7 * healthy) / (5 * total));
 }
 
+/** Whether the peer is in the caller's zone; a peer without the key is in no zone, never local. */
+export function isLocal(peer: Peer, { zone, zoneKey }: ZoneOptions): boolean {
+  return peer.metadata[zoneKey] === zone;
+}
+
 /** The caller's zone's peers (priority 0) and every other peer (priority 1); a peer without the key is in no zone, never local. */
-export function splitByZone(peers: readonly Peer[], { zone, zoneKey }: ZoneOptions): { local: Peer[]; others: Peer[] } {
+export function splitByZone(peers: readonly Peer[], zones: ZoneOptions): { local: Peer[]; others: Peer[] } {
   const local: Peer[] = [];
   const others: Peer[] = [];
   for (const peer of peers) {
-    (peer.metadata[zoneKey] === zone ? local : others).push(peer);
+    (isLocal(peer, zones) ? local : others).push(peer);
   }
   return { local, others };
 }

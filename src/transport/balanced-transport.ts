@@ -252,18 +252,47 @@ export function createBalancedTransport(options: BalancedTransportOptions): Bala
     return set;
   }
 
-  /** The peers of a snapshot, built once per snapshot; a peer that left is forgotten by every per-peer stage, its streams drained. */
+  /** The URLs of the peers now, kept in step with each change: given to every per-peer stage, which refuses to keep state of a peer not in it. */
+  const live = new Set<string>();
+
+  /**
+   * The peers of a snapshot, built once per snapshot; a peer that left is
+   * forgotten by every per-peer stage, its streams drained. A change the
+   * peer set can name (registry snapshots in key order) costs in proportion
+   * to it, here and in the subsets' rankings.
+   */
   function adopt(snapshot: Snapshot): PeerSet {
     if (peerSet?.snapshot !== snapshot) {
       const last = peerSet;
       peerSet = buildPeerSet(snapshot, schemes, options.filter, where, allow);
       if (last === undefined || last.peers !== peerSet.peers) {
+        const change = peerSet.change !== undefined && peerSet.change.from === last?.peers ? peerSet.change : undefined;
+        path.follow(peerSet.peers, change);
         // one rule for every per-peer stage: what it keeps of a peer goes when the peer leaves the registry
-        const live = new Set(peerSet.peers.map((peer) => peer.url));
-        pool.retain(live);
-        detection?.retain(live);
-        reachability.retain(live);
-        slowStart?.retain(live);
+        if (change === undefined) {
+          live.clear();
+          for (const peer of peerSet.peers) {
+            live.add(peer.url);
+          }
+          pool.retain(live);
+          detection?.retain(live);
+          reachability.retain(live);
+          slowStart?.retain(live);
+        } else {
+          for (const peer of change.departed) {
+            live.delete(peer.url);
+          }
+          for (const peer of change.added) {
+            live.add(peer.url);
+          }
+          const gone = change.departed.map((peer) => peer.url).filter((url) => !live.has(url)); // a changed instance may keep its URL
+          if (gone.length > 0) {
+            pool.forget(gone);
+            detection?.forget(gone);
+            reachability.forget(gone);
+            slowStart?.forget(gone);
+          }
+        }
       }
     }
     return peerSet;

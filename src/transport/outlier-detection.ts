@@ -131,6 +131,11 @@ export class OutlierDetection {
     return forMs;
   }
 
+  /** Whether any peer is ejected now. */
+  get anyEjected(): boolean {
+    return this.ejected > 0;
+  }
+
   isEjected(peer: Peer): boolean {
     return this.ejected > 0 && (this.byUrl.get(peer.url)?.ejectedUntil ?? 0) > 0;
   }
@@ -153,17 +158,31 @@ export class OutlierDetection {
     }
   }
 
-  /** Forgets peers that left the registry. */
+  /** Forgets peers that left the registry; `live` may be kept up to date in place by its owner, with forget() for those that leave. */
   retain(live: ReadonlySet<string>): void {
     this.live = live;
     for (const [url, health] of this.byUrl) {
       if (!live.has(url)) {
-        this.byUrl.delete(url);
-        if (health.ejectedUntil > 0) {
-          this.ejected--;
-          this.version++;
-        }
+        this.forgetRecord(url, health);
       }
+    }
+  }
+
+  /** As retain(), for the URLs of peers that left: costs in proportion to them. */
+  forget(urls: Iterable<string>): void {
+    for (const url of urls) {
+      const health = this.byUrl.get(url);
+      if (health !== undefined) {
+        this.forgetRecord(url, health);
+      }
+    }
+  }
+
+  private forgetRecord(url: string, health: PeerHealth): void {
+    this.byUrl.delete(url);
+    if (health.ejectedUntil > 0) {
+      this.ejected--;
+      this.version++;
     }
   }
 

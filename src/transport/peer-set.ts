@@ -6,9 +6,28 @@ import { createPeer, type Peer } from "../peer.js";
 import { compareKeys, inKeyOrder } from "../discovery/decode.js";
 
 /** The peers of one snapshot that the transport may call (never empty), or why there are none: built once per snapshot change. */
-export type PeerSet =
+export type PeerSet = (
   | { readonly snapshot: Snapshot; readonly peers: readonly Peer[]; readonly unavailable?: undefined }
-  | { readonly snapshot: Snapshot; readonly peers: readonly []; readonly unavailable: string };
+  | { readonly snapshot: Snapshot; readonly peers: readonly []; readonly unavailable: string }
+) & {
+  /** How `peers` differ from the last build's for the same schemes; undefined when that could not be told cheaply (then anything may have changed). */
+  readonly change?: PeerChange;
+};
+
+/**
+ * How one build's peers differ from the one before, by identity: a peer
+ * whose instance changed departs and its successor is added (their URLs may
+ * be the same). Given only between snapshots in key order, so `from` and the
+ * new peers are both in key order, each key once.
+ */
+export interface PeerChange {
+  /** The peers of the build before. */
+  readonly from: readonly Peer[];
+  /** Peers of `from` that are not among the new peers. */
+  readonly departed: readonly Peer[];
+  /** New peers that were not in `from`. */
+  readonly added: readonly Peer[];
+}
 
 /** Which peers a transport may call, e.g. one version or one zone; applied once per snapshot. */
 export type PeerFilter = (peer: Peer) => boolean;
@@ -67,30 +86,102 @@ export function buildPeerSet(
 ): PeerSet {
   const last = lastBuilds.get(schemes);
   lastBuilds.delete(schemes); // its URL counts are changed in place below
-  const build =
-    last !== undefined && last.allow === allow && inKeyOrder(last.snapshot) && inKeyOrder(snapshot)
-      ? changedChoices(last, snapshot, schemes, allow)
-      : allChoices(snapshot, schemes, allow);
-  lastBuilds.set(schemes, build);
-  const dialable: Peer[] = [];
-  const refused: SkippedEntry[] = [];
-  const urls = build.duplicates > 0 ? new Set<string>() : undefined;
-  for (const choice of build.choices) {
-    if (isPeer(choice)) {
-      if (urls?.has(choice.url) !== true) {
-        urls?.add(choice.url);
-        dialable.push(choice);
+  const ordered = last !== undefined && inKeyOrder(last.snapshot) && inKeyOrder(snapshot);
+  const build = ordered && last.allow === allow ? changedChoices(last, snapshot, schemes, allow) : allChoices(snapshot, schemes, allow);
+  const { delta } = build;
+  let dialable: readonly Peer[];
+  let refused: readonly SkippedEntry[] | undefined;
+  if (delta !== undefined && allow === undefined && last!.duplicates === 0 && build.duplicates === 0 && (delta.left.length + delta.came.length) * 8 <= last!.dialable.length) {
+    // the peers before with those that left taken out and those that came put in: no pass over the choices
+    dialable = spliceByKey(last!.dialable, delta.left, delta.came);
+  } else {
+    const peers: Peer[] = [];
+    const refusals: SkippedEntry[] = [];
+    const urls = build.duplicates > 0 ? new Set<string>() : undefined;
+    for (const choice of build.choices) {
+      if (isPeer(choice)) {
+        if (urls?.has(choice.url) !== true) {
+          urls?.add(choice.url);
+          peers.push(choice);
+        }
+      } else if (choice !== undefined) {
+        refusals.push(choice);
       }
-    } else if (choice !== undefined) {
-      refused.push(choice);
+    }
+    allow?.report(refusals);
+    dialable = peers;
+    refused = refusals;
+  }
+  build.dialable = dialable;
+  const peers = filter === undefined ? dialable : dialable.filter(filter);
+  build.peers = peers;
+  build.delta = undefined;
+  lastBuilds.set(schemes, build);
+  // spliced without a filter, the change is what went and came; else one walk over the peers before and now tells it
+  const change = !ordered ? undefined : refused === undefined && filter === undefined ? { from: last!.peers, departed: delta!.left, added: delta!.came } : changeBetween(last!.peers, peers);
+  if (peers.length > 0) {
+    return { snapshot, peers, change };
+  }
+  const refusals = refused ?? build.choices.filter((choice): choice is SkippedEntry => choice !== undefined && !isPeer(choice));
+  return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, refusals, where), change };
+}
+
+/** `peers` (in key order, each key once) without `left` and with `came`, each found or placed by binary search on the key: a fresh array. */
+function spliceByKey(peers: readonly Peer[], left: readonly Peer[], came: readonly Peer[]): Peer[] {
+  const result = peers.slice();
+  const placeOf = (key: string) => {
+    let low = 0;
+    let high = result.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (compareKeys(result[middle]!.key, key) < 0) {
+        low = middle + 1;
+      } else {
+        high = middle;
+      }
+    }
+    return low;
+  };
+  for (const peer of left) {
+    const at = placeOf(peer.key);
+    if (result[at] === peer) {
+      result.splice(at, 1);
     }
   }
-  allow?.report(refused);
-  const peers = filter === undefined ? dialable : dialable.filter(filter);
-  if (peers.length > 0) {
-    return { snapshot, peers };
+  for (const peer of came) {
+    result.splice(placeOf(peer.key), 0, peer);
   }
-  return { snapshot, peers: [], unavailable: explainNoPeers(snapshot, schemes, dialable, refused, where) };
+  return result;
+}
+
+/**
+ * The peers that left and came between two lists in key order, each key
+ * once: one walk comparing objects, keys only where they differ.
+ */
+export function changeBetween(from: readonly Peer[], to: readonly Peer[]): PeerChange {
+  const departed: Peer[] = [];
+  const added: Peer[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < from.length || j < to.length) {
+    const before = from[i];
+    const after = to[j];
+    if (before === after) {
+      i++;
+      j++;
+      continue;
+    }
+    const order = before === undefined ? 1 : after === undefined ? -1 : compareKeys(before.key, after.key);
+    if (order <= 0) {
+      departed.push(before!);
+      i++;
+    }
+    if (order >= 0) {
+      added.push(after!);
+      j++;
+    }
+  }
+  return { from, departed, added };
 }
 
 /** What one instance gives a transport: a peer, a refusal by the allow option, or neither (no endpoint of its schemes). */
@@ -107,6 +198,12 @@ interface Build {
   readonly urls: Map<string, number>;
   /** URLs with more than one instance: only the first of them is a peer. */
   readonly duplicates: number;
+  /** The peers made of the choices, deduplicated, before the filter; set once they are. */
+  dialable: readonly Peer[];
+  /** The same, filtered: the peers of the build's PeerSet. */
+  peers: readonly Peer[];
+  /** Made from the build before: the peers among the choices that went and came; only until the peers are made. */
+  delta?: { readonly left: Peer[]; readonly came: Peer[] } | undefined;
 }
 
 /** The last build per schemes array, i.e. per transport; held weakly with it. */
@@ -124,7 +221,7 @@ function allChoices(snapshot: Snapshot, schemes: readonly EndpointScheme[], allo
     }
     return choice;
   });
-  return { snapshot, allow, choices, urls, duplicates };
+  return { snapshot, allow, choices, urls, duplicates, dialable: [], peers: [] };
 }
 
 /**
@@ -138,10 +235,13 @@ function changedChoices(last: Build, snapshot: Snapshot, schemes: readonly Endpo
   const after = snapshot.instances;
   const { urls } = last;
   let duplicates = last.duplicates;
+  const left: Peer[] = [];
+  const came: Peer[] = [];
   const count = (choice: Choice, by: number) => {
     if (!isPeer(choice)) {
       return;
     }
+    (by < 0 ? left : came).push(choice);
     const url = choice.url;
     const was = urls.get(url) ?? 0;
     const now = was + by;
@@ -173,7 +273,7 @@ function changedChoices(last: Build, snapshot: Snapshot, schemes: readonly Endpo
   while (i < before.length) {
     count(last.choices[i++], -1);
   }
-  return { snapshot, allow, choices, urls, duplicates };
+  return { snapshot, allow, choices, urls, duplicates, dialable: [], peers: [], delta: { left, came } };
 }
 
 function choose(instance: Instance, schemes: readonly EndpointScheme[], allow: AllowGate | undefined): Choice {

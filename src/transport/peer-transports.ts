@@ -31,6 +31,8 @@ export class PeerTransports {
   private readonly entries = new Map<string, PeerTransport>();
   /** Transports of peers that left while calls were still using them. */
   private readonly retiring = new Set<PeerTransport>();
+  /** The URLs of the peers in the registry, as last given to retain() (and kept up to date by its owner); undefined before. */
+  private live: ReadonlySet<string> | undefined;
 
   constructor(
     private readonly factory: PeerTransportFactory,
@@ -44,7 +46,13 @@ export class PeerTransports {
     let entry = this.entries.get(peer.url);
     if (entry === undefined) {
       entry = { transport: this.factory(peer), address: peer.address, inflight: 0, streams: new Set(), retired: false, answeredAt: -Infinity, calls: 0, failures: 0, latencyMs: null };
-      this.entries.set(peer.url, entry);
+      if (this.live?.has(peer.url) === false) {
+        // picked before its peer left: the call goes on, and the transport closes after it
+        entry.retired = true;
+        this.retiring.add(entry);
+      } else {
+        this.entries.set(peer.url, entry);
+      }
     }
     entry.inflight++;
     entry.calls++;
@@ -71,14 +79,29 @@ export class PeerTransports {
    * could otherwise stay open for ever, and its pick with it.
    */
   retain(live: ReadonlySet<string>): void {
+    this.live = live;
     for (const [url, entry] of this.entries) {
       if (!live.has(url)) {
-        this.entries.delete(url);
-        entry.retired = true;
-        this.retiring.add(entry);
-        this.closeWhenUnaryDone(entry);
+        this.retire(url, entry);
       }
     }
+  }
+
+  /** As retain(), for the URLs of peers that left: costs in proportion to them. */
+  forget(urls: Iterable<string>): void {
+    for (const url of urls) {
+      const entry = this.entries.get(url);
+      if (entry !== undefined) {
+        this.retire(url, entry);
+      }
+    }
+  }
+
+  private retire(url: string, entry: PeerTransport): void {
+    this.entries.delete(url);
+    entry.retired = true;
+    this.retiring.add(entry);
+    this.closeWhenUnaryDone(entry);
   }
 
   /** Closes every transport now, busy or not, ending its open streams. */

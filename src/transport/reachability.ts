@@ -37,11 +37,18 @@ export class Reachability {
   private out = 0;
   /** Moves whenever a peer leaves or comes back, so pickers over reachable peers know to rebuild. */
   version = 0;
+  /** The URLs of the peers in the registry, as last given to retain() (and kept up to date by its owner); undefined before. */
+  private live: ReadonlySet<string> | undefined;
+  /** Peers recorded while not in `live`: forget() does not name them. */
+  private readonly strays = new Set<string>();
 
   constructor(private readonly random: () => number = Math.random) {}
 
   /** The peer's connection could not be established; returns how long it gets no calls, or undefined when it was out already. */
   unreached(peer: Peer, now: number): number | undefined {
+    if (this.live?.has(peer.url) === false) {
+      this.strays.add(peer.url); // a call that went out before its peer left: forgotten at the next change, unless it came back
+    }
     let record = this.byUrl.get(peer.url);
     if (record === undefined) {
       record = { until: 0, nextBackoffMs: initialBackoffMs };
@@ -66,8 +73,13 @@ export class Reachability {
     }
     const record = this.byUrl.get(peer.url);
     if (record !== undefined) {
-      this.forget(peer.url, record);
+      this.forgetRecord(peer.url, record);
     }
+  }
+
+  /** Whether any peer is out of reach now. */
+  get anyOut(): boolean {
+    return this.out > 0;
   }
 
   isOut(peer: Peer): boolean {
@@ -91,16 +103,29 @@ export class Reachability {
     }
   }
 
-  /** Forgets peers that left the registry. */
+  /** Forgets peers that left the registry; `live` may be kept up to date in place by its owner, with forget() for those that leave. */
   retain(live: ReadonlySet<string>): void {
+    this.live = live;
+    this.strays.clear();
     for (const [url, record] of this.byUrl) {
       if (!live.has(url)) {
-        this.forget(url, record);
+        this.forgetRecord(url, record);
       }
     }
   }
 
-  private forget(url: string, record: Unreached): void {
+  /** As retain(), for the URLs of peers that left: costs in proportion to them. */
+  forget(urls: Iterable<string>): void {
+    for (const url of [...urls, ...this.strays]) {
+      const record = this.byUrl.get(url);
+      if (record !== undefined && this.live?.has(url) !== true) {
+        this.forgetRecord(url, record);
+      }
+    }
+    this.strays.clear();
+  }
+
+  private forgetRecord(url: string, record: Unreached): void {
     this.byUrl.delete(url);
     if (record.until > 0) {
       this.out--;

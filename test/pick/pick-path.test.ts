@@ -109,3 +109,63 @@ describe("PickPath under any state", () => {
     }
   });
 });
+
+describe("PickPath.follow", () => {
+  const keyed = (n: number, zone: string): Peer => ({ ...peers(1, n, zone)[0]!, key: `/microservices/svc/i${String(n).padStart(5, "0")}` });
+  const fleetOf = (ns: readonly number[]) => ns.map((n) => keyed(n, `az${1 + (n % 3)}`));
+
+  it("keeps the subsets as a fresh path would have them, change by change, members in key order", () => {
+    for (const zones of [undefined, { zone: "az1", zoneKey: "zone" }]) {
+      const options = { balancer: roundRobin(), subsetSize: 10, zones, seed: 5 };
+      const path = new PickPath(options, undefined, new Reachability());
+      let numbers = Array.from({ length: 400 }, (_, i) => i * 2);
+      let all = fleetOf(numbers);
+      path.follow(all, undefined);
+      path.over(all, 0);
+      for (let round = 0; round < 40; round++) {
+        const gone = numbers[(round * 37) % numbers.length]!;
+        const kept = all.filter((p) => p.key !== keyed(gone, "").key);
+        const came = keyed(round * 2 + 1, `az${1 + (round % 3)}`); // odd: new
+        const replaced = kept.map((p, i) => (i === round ? { ...p } : p)); // another object for one key
+        const next = [...replaced, came].sort((a, b) => (a.key < b.key ? -1 : 1));
+        const departed = [all.find((p) => p.key === keyed(gone, "").key)!, kept[round]!];
+        path.follow(next, { from: all, departed, added: [replaced[round]!, came] });
+        all = next;
+        numbers = all.map((p) => Number(p.key.slice(-5)));
+        const followed = path.over(all, 0);
+        const fresh = new PickPath({ ...options, balancer: roundRobin() }, undefined, new Reachability()).over(all, 0);
+        expect(followed.peers).toEqual(fresh.peers);
+        expect(followed.members).toEqual(fresh.members);
+        expect(followed.members.map((p) => p.key)).toEqual(followed.members.map((p) => p.key).sort());
+      }
+    }
+  });
+
+  it("ranks afresh after a change it cannot follow", () => {
+    const path = new PickPath({ balancer: roundRobin(), subsetSize: 5, zones: undefined, seed: 2 }, undefined, new Reachability());
+    const all = fleetOf([1, 2, 3, 4, 5, 6, 7, 8]);
+    path.over(all, 0);
+    const other = fleetOf([10, 11, 12, 13, 14, 15, 16, 17]);
+    path.follow(other, { from: [], departed: [], added: [] }); // not from the peers it had
+    const fresh = new PickPath({ balancer: roundRobin(), subsetSize: 5, zones: undefined, seed: 2 }, undefined, new Reachability()).over(other, 0);
+    expect(path.over(other, 0).members).toEqual(fresh.members);
+  });
+});
+
+describe("PickPath.follow with slow start", () => {
+  it("ramps a peer the registry adds as a full look would, and nobody else", async () => {
+    const { SlowStart } = await import("../../src/pick/slow-start.js");
+    const keyed = (n: number): Peer => ({ ...peers(1, n)[0]!, key: `/microservices/svc/i${String(n).padStart(5, "0")}` });
+    const slowStart = new SlowStart({ windowMs: 1_000 });
+    const path = new PickPath({ balancer: roundRobin(), subsetSize: 5, zones: undefined, seed: 9, slowStart }, undefined, new Reachability());
+    const all = Array.from({ length: 100 }, (_, i) => keyed(i * 2));
+    path.over(all, 0);
+    const came = keyed(51);
+    const changed = { ...all[3]! };
+    const next = [...all.slice(0, 3), changed, ...all.slice(4, 25), came, ...all.slice(25)];
+    path.follow(next, { from: all, departed: [all[3]!], added: [changed, came] });
+    path.over(next, 100);
+    expect(slowStart.factor(came, 600)).toBe(0.5);
+    expect(next.filter((p) => p !== came).every((p) => slowStart.factor(p, 600) === 1)).toBe(true);
+  });
+});

@@ -50,3 +50,34 @@ describe("RendezvousRanking", () => {
     expect(urls(ranking.rank([...fleet].reverse()))).toEqual(urls(order));
   });
 });
+
+describe("RendezvousRanking.update", () => {
+  it("ranks as a fresh ranking of the changed peers would, and leaves the ranking before it as it was", () => {
+    let random = 7;
+    const next = () => (random = (random * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
+    let fleet = peers(300);
+    const ranking = new RendezvousRanking(11);
+    let ranked = ranking.rank(fleet);
+    for (let round = 0; round < 50; round++) {
+      const departed = fleet.filter(() => next() < 0.02);
+      const added = Array.from({ length: Math.floor(next() * 4) }, (_, i) => peer(1_000 + round * 10 + i));
+      const kept = fleet.filter((p) => !departed.includes(p));
+      const before = [...ranked];
+      const updated = ranking.update(departed, added);
+      expect(ranked).toEqual(before);
+      fleet = [...kept, ...added];
+      expect(urls(updated)).toEqual(urls(new RendezvousRanking(11).rank(fleet)));
+      ranked = updated;
+    }
+  });
+
+  it("takes a peer that changed under the same address in the place of the one before, and passes over peers it never had", () => {
+    const fleet = peers(20);
+    const ranking = new RendezvousRanking(3);
+    const order = ranking.rank(fleet);
+    const successor = { ...order[4]! };
+    const updated = ranking.update([order[4]!, peer(500)], [successor]);
+    expect(updated[4]).toBe(successor);
+    expect(urls(updated)).toEqual(urls(order));
+  });
+});

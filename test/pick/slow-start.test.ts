@@ -49,4 +49,21 @@ describe("SlowStart", () => {
     expect(() => validSlowStart({ windowMs: 1_000, minWeightPercent: 120 })).toThrow(/minWeightPercent in 0–100/);
     expect(() => validSlowStart({ windowMs: 1_000, aggression: 0 })).toThrow(/aggression > 0/);
   });
+
+  it("told a change (lookChange), ramps the peers it adds, not a successor under the same address, and one that comes back", () => {
+    const group = peers(4);
+    const slowStart = new SlowStart({ windowMs: 1_000 });
+    slowStart.lookChange([], group, 0); // before the first look: nothing to ramp from
+    expect(slowStart.factor(group[0]!, 0)).toBe(1);
+    slowStart.look(group.slice(0, 3), 0);
+    const successor = { ...group[1]! };
+    slowStart.lookChange([group[1]!, group[2]!], [successor, group[3]!], 100);
+    expect(slowStart.factor(group[3]!, 600)).toBe(0.5);
+    expect(slowStart.factor(successor, 600)).toBe(1);
+    slowStart.lookChange([], [group[2]!], 200); // back in the registry
+    expect(slowStart.factor(group[2]!, 700)).toBe(0.5);
+    slowStart.look(group, 800); // the same peers as told: nobody new
+    expect(slowStart.factor(group[0]!, 800)).toBe(1);
+    expect(slowStart.factor(group[3]!, 800)).toBeCloseTo(0.7, 9);
+  });
 });
