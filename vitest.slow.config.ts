@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 600_000,
     pool: "forks",
+    // one file at a time: the tail test (p2c-noise) measures latencies, which another file's load would skew
+    fileParallelism: false,
   },
 });

@@ -11,7 +11,7 @@
 // at random gaps of 10–100 ms, as a GC pause or a busy event loop would: the
 // fast peers' latency samples spike although the peers did not slow down.
 //
-// Used by bench/index.ts and test/p2c-noise.test.ts.
+// Used by bench/index.ts and test/slow/p2c-noise.test.ts.
 // Alone: npx tsx bench/tail.ts [runs] [quiet|noisy|both]
 import { loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";

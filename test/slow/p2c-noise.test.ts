@@ -9,12 +9,14 @@
 // round_robin's (the issue's goal, Linkerd's figure, is 0.35 in every run;
 // `npm run bench` reports every run).
 //
+// In the slow suite (npm run test:slow), which runs one file at a time: the
+// figures are latencies, and another test file's load would skew them.
 // The quiet scenario runs 5 times as the issue measured it; the noisy one
 // (this process busy-waits 5–20 ms every 10–100 ms, as GC or a busy event
 // loop would) 3 times, to keep the file under a minute.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { formatTailRun, printTailScenario, runTailScenario, tailTransports, type TailScenario } from "../bench/tail.js";
-import { startLatencyFleet, type LatencyFleet } from "../support/latency-fleet.js";
+import { formatTailRun, printTailScenario, runTailScenario, tailTransports, type TailScenario } from "../../bench/tail.js";
+import { startLatencyFleet, type LatencyFleet } from "../../support/latency-fleet.js";
 
 let fleet: LatencyFleet;
 
