@@ -1,6 +1,7 @@
 import { createContextKey } from "@connectrpc/connect";
 import type { Balancer, PickRequest } from "./balancer.js";
 import { random } from "./random.js";
+import { fmix32 } from "../fmix32.js";
 
 /**
  * The key a ring_hash balancer hashes to choose the peer of a call, e.g. a
@@ -90,10 +91,5 @@ function hash32(text: string): number {
     h ^= text.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h);
 }

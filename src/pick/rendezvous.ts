@@ -1,4 +1,5 @@
 import type { Peer } from "../peer.js";
+import { fmix32 } from "../fmix32.js";
 
 /**
  * Ranks peers by rendezvous (highest random weight) hashing: each peer's
@@ -136,13 +137,7 @@ function murmur3(text: string, seed: number): number {
   if (i < length) {
     h = mixInto(h, text.charCodeAt(i));
   }
-  h ^= length * 2;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h ^ (length * 2));
 }
 
 function mixInto(h: number, block: number): number {
