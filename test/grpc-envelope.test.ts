@@ -68,7 +68,7 @@ describe("EnvelopeReader", () => {
 });
 
 describe("streamFailure", () => {
-  const base: EndedStream = { address: "10.0.0.7:9000", streamId: 5, rstCode: 0, connected: true, goawayLastStreamId: undefined, cause: undefined };
+  const base: EndedStream = { address: "10.0.0.7:9000", streamId: 5, rstCode: 0, connected: true, connectionGone: false, goawayLastStreamId: undefined, cause: undefined };
   const cases: [string, Partial<EndedStream>, "unprocessed" | "lost", RegExp][] = [
     ["never connected", { connected: false, streamId: undefined, cause: Object.assign(new Error("connect ECONNREFUSED 10.0.0.7:9000"), { code: "ECONNREFUSED" }) }, "unprocessed", /cannot connect to 10\.0\.0\.7:9000: connect ECONNREFUSED/],
     ["pending stream cancelled by a connection error", { connected: false, streamId: undefined, cause: new Error("The pending stream has been canceled", { cause: new Error("connect ECONNREFUSED 10.0.0.7:9000") }) }, "unprocessed", /cannot connect to 10\.0\.0\.7:9000: connect ECONNREFUSED 10\.0\.0\.7:9000$/],
@@ -77,6 +77,7 @@ describe("streamFailure", () => {
     ["above GOAWAY's last stream id", { streamId: 7, goawayLastStreamId: 5 }, "unprocessed", /going away \(GOAWAY\)/],
     ["at GOAWAY's last stream id", { streamId: 5, goawayLastStreamId: 5, cause: new Error("read ECONNRESET") }, "lost", /connection to 10\.0\.0\.7:9000 lost: read ECONNRESET/],
     ["reset by the server", { rstCode: 8 }, "lost", /stream to 10\.0\.0\.7:9000 reset by the server with HTTP\/2 error code 8 \(CANCEL\): the request may have been processed/],
+    ["cancelled by node:http2 as the connection died", { rstCode: 8, connectionGone: true }, "lost", /connection to 10\.0\.0\.7:9000 lost: the connection closed while the call was open/],
     ["reset by the client's HTTP/2 layer or the server", { rstCode: 1, cause: Object.assign(new Error("Stream closed with error code NGHTTP2_PROTOCOL_ERROR"), { code: "ERR_HTTP2_STREAM_ERROR" }) }, "lost", /stream to 10\.0\.0\.7:9000 reset with HTTP\/2 error code 1 \(PROTOCOL_ERROR\)/],
     ["an unknown reset code", { rstCode: 0x77 }, "lost", /reset by the server with HTTP\/2 error code 119:/],
     ["GOAWAY with an error", { rstCode: 11, cause: Object.assign(new Error("Session closed with error code 11"), { code: "ERR_HTTP2_SESSION_ERROR" }) }, "lost", /connection to 10\.0\.0\.7:9000 lost: the server closed the connection \(GOAWAY\) with HTTP\/2 error code 11 \(ENHANCE_YOUR_CALM\)/],

@@ -217,6 +217,7 @@ export abstract class GrpcCall {
         streamId: stream.id,
         rstCode: stream.rstCode ?? 0,
         connected: connection.connected,
+        connectionGone: connection.session.destroyed || connection.session.closed,
         goawayLastStreamId: connection.goawayLastStreamId,
         cause: this.cause ?? connection.error,
       });
@@ -247,7 +248,7 @@ const sessionGone = new Set(["ERR_HTTP2_INVALID_SESSION", "ERR_HTTP2_GOAWAY_SESS
 /** Why node:http2 refused to open the stream: a session that cannot take it, or a request it will not send (a bad header). */
 function refusedRequest(error: Error & { code?: string }, address: string, connected: boolean): ConnectError {
   if (error.code !== undefined && sessionGone.has(error.code)) {
-    return streamFailure({ address, streamId: undefined, rstCode: 0, connected, goawayLastStreamId: undefined, cause: error });
+    return streamFailure({ address, streamId: undefined, rstCode: 0, connected, connectionGone: false, goawayLastStreamId: undefined, cause: error });
   }
   return new ConnectError(`invalid request to ${address}: ${error.message}`, Code.InvalidArgument, undefined, undefined, error);
 }

@@ -12,6 +12,8 @@ export interface EndedStream {
   readonly rstCode: number;
   /** Whether the connection was ever established. */
   readonly connected: boolean;
+  /** Whether the connection was gone when the stream ended: node:http2 then closes its streams with CANCEL, which no server sent. */
+  readonly connectionGone: boolean;
   /** The last stream id a GOAWAY from the peer promised to process. */
   readonly goawayLastStreamId: number | undefined;
   /** The stream's or the connection's error, if any. */
@@ -19,6 +21,7 @@ export interface EndedStream {
 }
 
 const refusedStream = 7; // RFC 9113 §8.7: the server did not process the request
+const cancel = 8;
 
 /**
  * The error of a stream that ended without a status, marked with what became
@@ -43,7 +46,7 @@ export function streamFailure(ended: EndedStream): ConnectError {
   if (ended.goawayLastStreamId !== undefined && streamId > ended.goawayLastStreamId) {
     return unavailable(`${address} is going away (GOAWAY) and did not process the request`, "unprocessed", cause);
   }
-  if (rstCode !== 0 && isStreamReset(cause)) {
+  if (rstCode !== 0 && isStreamReset(cause) && !(rstCode === cancel && ended.connectionGone)) {
     return unavailable(`stream to ${address} ${describeReset(rstCode)}: the request may have been processed`, "lost", cause);
   }
   return unavailable(`connection to ${address} lost: ${why}`, "lost", cause);
@@ -59,9 +62,12 @@ function isStreamReset(cause: Error | undefined): boolean {
  * with error code NGHTTP2_INTERNAL_ERROR") do not say whether the server
  * reset the stream or closed the connection (GOAWAY).
  */
-function describeEnd({ rstCode, cause }: EndedStream): string {
+function describeEnd({ rstCode, cause, connectionGone }: EndedStream): string {
   if (rstCode !== 0 && (cause as { code?: string } | undefined)?.code === "ERR_HTTP2_SESSION_ERROR") {
     return `the server closed the connection (GOAWAY) with ${describeHttp2Code(rstCode)}`;
+  }
+  if (rstCode === cancel && cause === undefined && connectionGone) {
+    return "the connection closed while the call was open (the server process died, or the network dropped it)";
   }
   if (rstCode !== 0 && isStreamReset(cause)) {
     return `stream ${describeReset(rstCode)}`;
