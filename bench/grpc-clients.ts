@@ -5,17 +5,16 @@
 // Unary EchoService.Echo of a 16-byte payload; N concurrent callers each
 // await their call in a loop for a fixed time; rounds interleave the clients
 // and the report takes medians over rounds.
-import { spawn, type ChildProcess } from "node:child_process";
 import * as http2 from "node:http2";
 import { fileURLToPath } from "node:url";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { build } from "esbuild";
 import { EchoRequestSchema, EchoResponseSchema, EchoService } from "../gen/test/echo/v1/echo_pb.js";
 import { createBalancedTransport, staticDiscovery } from "../src/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
+import { bundleScript, firstJsonLine, spawnScript } from "../support/child-process.js";
 import { deserializeEchoResponse, echoPath, serializeEchoRequest } from "./echo-grpc-js.js";
 
 // The repository root: bench/ when run from source, .cache/ when bundled.
@@ -36,23 +35,11 @@ export interface EchoServers {
  */
 export async function startEchoServersProcess(count = 3): Promise<EchoServers> {
   const outfile = `${root}.cache/echo-servers.mjs`;
-  await build({
-    absWorkingDir: root,
-    entryPoints: ["bench/echo-servers-process.ts"],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    logLevel: "warning",
-    outfile,
-  });
-  const child = spawn(process.execPath, [outfile, String(count)], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
-  const killOnExit = () => child.kill("SIGKILL");
-  process.once("exit", killOnExit);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  await bundleScript("bench/echo-servers-process.ts", outfile);
+  const spawned = spawnScript(outfile, [String(count)]);
+  const { child, exited, killOnExit } = spawned;
   try {
-    const ports = await readPorts(child, exited);
+    const { ports } = await firstJsonLine<{ ports: number[] }>(spawned, "echo servers process");
     return {
       addresses: ports.map((port) => `127.0.0.1:${port}`),
       async stop() {
@@ -71,29 +58,6 @@ export async function startEchoServersProcess(count = 3): Promise<EchoServers> {
     process.off("exit", killOnExit);
     throw error;
   }
-}
-
-function readPorts(child: ChildProcess, exited: Promise<void>): Promise<number[]> {
-  return new Promise<number[]>((resolve, reject) => {
-    let buffered = "";
-    const timer = setTimeout(() => reject(new Error("echo servers process: no ports within 20 s")), 20_000);
-    child.stdout!.setEncoding("utf8");
-    child.stdout!.on("data", (chunk: string) => {
-      buffered += chunk;
-      const newline = buffered.indexOf("\n");
-      if (newline < 0) return;
-      clearTimeout(timer);
-      try {
-        resolve((JSON.parse(buffered.slice(0, newline)) as { ports: number[] }).ports);
-      } catch (error) {
-        reject(error);
-      }
-    });
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`echo servers process exited early (code ${child.exitCode}, signal ${child.signalCode})`));
-    });
-  });
 }
 
 /** One client of EchoService.Echo: call() resolves to the server that answered. */

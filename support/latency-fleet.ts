@@ -4,10 +4,10 @@
 // anything like it. support/latency-server.ts is bundled with esbuild and run
 // with plain node, so this works the same from vitest, tsx and the bundled
 // bench.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
+import { bundleScript, firstJsonLine, spawnScript } from "./child-process.js";
 
 // The repository root: support/ from source, .cache/ when bundled into the bench.
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -37,17 +37,7 @@ export async function startLatencyFleet(delaysMs: readonly number[]): Promise<La
   mkdirSync(`${root}.cache`, { recursive: true });
   // One bundle per client process: a test and a bench may start fleets at the same time.
   const outfile = `${root}.cache/latency-server.${process.pid}.${Date.now()}.mjs`;
-  await build({
-    absWorkingDir: root,
-    entryPoints: ["support/latency-server.ts"],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    logLevel: "warning",
-    outfile,
-  });
+  await bundleScript("support/latency-server.ts", outfile);
   const children: Child[] = [];
   try {
     const started = await Promise.allSettled(delaysMs.map(async (delayMs) => {
@@ -82,32 +72,10 @@ interface Child {
 }
 
 function startChild(script: string, delayMs: number): Child {
-  const child = spawn(process.execPath, [script, String(delayMs)], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
-  const killOnExit = () => child.kill("SIGKILL");
-  process.once("exit", killOnExit);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const port = new Promise<number>((resolve, reject) => {
-    let buffered = "";
-    const timer = setTimeout(() => reject(new Error("latency server: no port within 20 s")), 20_000);
-    child.stdout!.setEncoding("utf8");
-    child.stdout!.on("data", (chunk: string) => {
-      buffered += chunk;
-      const newline = buffered.indexOf("\n");
-      if (newline < 0) return;
-      clearTimeout(timer);
-      try {
-        resolve((JSON.parse(buffered.slice(0, newline)) as { port: number }).port);
-      } catch (error) {
-        reject(error);
-      }
-    });
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`latency server exited early (code ${child.exitCode}, signal ${child.signalCode})`));
-    });
-  });
+  const spawned = spawnScript(script, [String(delayMs)]);
+  const port = firstJsonLine<{ port: number }>(spawned, "latency server").then((line) => line.port);
   port.catch(() => {}); // reported by startLatencyFleet
-  return { process: child, port, exited, killOnExit };
+  return { process: spawned.child, port, exited: spawned.exited, killOnExit: spawned.killOnExit };
 }
 
 async function stopAll(children: readonly Child[]): Promise<void> {

@@ -2,13 +2,12 @@
 // in a child process (support/fleet-process.ts) replaced one instance at a
 // time while callers keep calling through one balanced transport. Used by the
 // rolling-deploy test and by `npm run bench`.
-import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
 import { UserService } from "../gen/demo/user/v1/user_pb.js";
 import { createBalancedTransport, createPeerClient, etcdDiscovery } from "../src/index.js";
 import { nodeHttp2Transport } from "../src/node/index.js";
+import { bundleScript, spawnScript } from "./child-process.js";
 
 export interface RollingDeployOptions {
   /** The etcd the fleet registers in. */
@@ -87,21 +86,8 @@ interface Fleet {
 
 async function startFleet(etcdEndpoint: string, service: string, instances: number): Promise<Fleet> {
   const outfile = `${root}.cache/fleet-process.mjs`;
-  await build({
-    absWorkingDir: root,
-    entryPoints: ["support/fleet-process.ts"],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    logLevel: "warning",
-    outfile,
-  });
-  const child = spawn(process.execPath, [outfile, etcdEndpoint, service, String(instances)], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
-  const killOnExit = () => child.kill("SIGKILL");
-  process.once("exit", killOnExit);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  await bundleScript("support/fleet-process.ts", outfile);
+  const { child, exited, killOnExit } = spawnScript(outfile, [etcdEndpoint, service, String(instances)]);
   const lines = createInterface({ input: child.stdout! });
   const waiting: ((line: string) => void)[] = [];
   lines.on("line", (line) => waiting.shift()?.(line));
